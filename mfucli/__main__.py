@@ -1,0 +1,5 @@
+import sys
+
+from mfucli.main import main
+
+sys.exit(main())
