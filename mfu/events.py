@@ -1,0 +1,335 @@
+"""Event models: the single definition of every event on the wire (DESIGN.md §3).
+
+Every model validates strictly enough that a consumer can trust what it gets: NaN and
+infinities, negative FLOPs, ``end <= start``, ratios outside 0..1 and unknown precisions
+are refused with a message naming the field. Unknown extra fields are ignored (forward
+compatibility). Times are event time, epoch seconds as float.
+
+Use :func:`parse_events` to turn raw Kafka values (single events or ``batch/1``
+envelopes) into models plus dead-letter reasons, one bad event never spoiling the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mfu.precision import Precision
+
+# A ratio 0..1 (utilisations, MFU).
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+# Epoch seconds; 1e9 is 2001-09-09, 1e10 is year 2286: anything outside is a unit bug
+# (milliseconds or nanoseconds sent as seconds) and is refused with that hint.
+EpochSeconds = Annotated[float, Field(gt=1e9, lt=1e10)]
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+
+# No single GPU does more than this many dense FLOP/s (B200 fp8 dense is ~4.5e15);
+# a report above it is a unit or counting bug, not a fast GPU.
+MAX_FLOPS_PER_S_PER_GPU = 1e17
+# Longest interval one sample or report may cover, seconds.
+MAX_INTERVAL_S = 3600.0
+
+
+class Event(BaseModel):
+    """Base of every event: ``schema`` (name/version) and a unique ``event_id``."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        frozen=True,
+        allow_inf_nan=False,
+        populate_by_name=True,
+        serialize_by_alias=True,
+    )
+    SCHEMA: ClassVar[str] = ""
+
+    schema_name: str = Field(alias="schema")
+    event_id: Name
+
+    @field_validator("schema_name")
+    @classmethod
+    def _schema_matches(cls, value: str) -> str:
+        if cls.SCHEMA and value != cls.SCHEMA:
+            raise ValueError(f"expected schema {cls.SCHEMA!r}, got {value!r}")
+        return value
+
+    def to_json(self) -> bytes:
+        """Compact UTF-8 JSON with contract field names."""
+        return self.model_dump_json(by_alias=True, exclude_none=False).encode()
+
+
+class GpuSample(Event):
+    """``gpu_sample/1`` on ``mfu.telemetry.v1``: one GPU (or MIG slice) over one interval.
+
+    The sample covers event time ``[ts - interval_s, ts)``: the agent stamps it when the
+    interval ends. Ratios are 0..1.
+    """
+
+    SCHEMA: ClassVar[str] = "gpu_sample/1"
+    schema_name: Literal["gpu_sample/1"] = Field("gpu_sample/1", alias="schema")
+    node: Name
+    gpu_uuid: Name
+    gpu_index: int = Field(ge=0, le=1023)
+    gpu_name: Name
+    mig_profile: str | None = None
+    ts: EpochSeconds
+    interval_s: float = Field(gt=0.0, le=MAX_INTERVAL_S)
+    sm_util: Ratio
+    mem_util: Ratio
+    tensor_active: Ratio | None = None
+    sm_clock_mhz: NonNegative | None = None
+    max_sm_clock_mhz: NonNegative | None = None
+    power_w: NonNegative | None = None
+    mem_used_bytes: int | None = Field(None, ge=0)
+    mem_total_bytes: int | None = Field(None, ge=0)
+    throttle_reasons: int | None = Field(None, ge=0)
+    workloads: list[Name] = Field(default_factory=list, max_length=64)
+
+    @property
+    def start(self) -> float:
+        """Event time the interval starts, epoch seconds."""
+        return self.ts - self.interval_s
+
+
+class Parallelism(BaseModel):
+    """Degrees of parallelism of a job (all >= 1)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    tp: int = Field(1, ge=1)
+    pp: int = Field(1, ge=1)
+    dp: int = Field(1, ge=1)
+    cp: int = Field(1, ge=1)
+    ep: int = Field(1, ge=1)
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp * self.cp
+
+
+class FlopReport(Event):
+    """``flop_report/1`` on ``mfu.flops.v1``: model FLOPs one rank did on one GPU.
+
+    ``flops`` are *model* FLOPs (no recomputation) done in event time ``[start, end)``;
+    ``hardware_flops`` (optional) includes recomputation and feeds HFU only.
+    """
+
+    SCHEMA: ClassVar[str] = "flop_report/1"
+    schema_name: Literal["flop_report/1"] = Field("flop_report/1", alias="schema")
+    workload: Name
+    rank: int = Field(ge=0)
+    node: Name
+    gpu_uuid: Name
+    start: EpochSeconds
+    end: EpochSeconds
+    flops: NonNegative
+    precision: Precision
+    tokens: NonNegative | None = None
+    hardware_flops: NonNegative | None = None
+    expected_mfu: Ratio | None = None
+    model: str | None = Field(None, max_length=256)
+    batch_size: int | None = Field(None, ge=1)
+    seq_len: int | None = Field(None, ge=1)
+    parallelism: Parallelism | None = None
+    phase: Literal["train", "prefill", "decode"] | None = None
+
+    @model_validator(mode="after")
+    def _interval_and_rate(self) -> FlopReport:
+        duration_s = self.end - self.start
+        if duration_s <= 0:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        if duration_s > MAX_INTERVAL_S:
+            raise ValueError(f"interval of {duration_s:.0f} s exceeds {MAX_INTERVAL_S:.0f} s")
+        rate = self.flops / duration_s
+        if rate > MAX_FLOPS_PER_S_PER_GPU:
+            raise ValueError(
+                f"flops/(end-start) = {rate:.3g} FLOP/s exceeds the plausible maximum "
+                f"{MAX_FLOPS_PER_S_PER_GPU:.0e} FLOP/s for one GPU (unit or counting bug?)"
+            )
+        if self.hardware_flops is not None and self.hardware_flops < self.flops:
+            raise ValueError("hardware_flops must be >= flops (recomputation only adds work)")
+        return self
+
+    @property
+    def duration_s(self) -> float:
+        return self.end - self.start
+
+
+Scope = Literal["workload", "node", "fleet"]
+
+
+class MfuWindow(Event):
+    """``mfu_window/1`` on ``mfu.{workload,node,fleet}.v1``: one closed window of one key.
+
+    ``achieved_flops`` and ``peak_flops`` are totals over the window (FLOPs, not FLOP/s);
+    ``mfu = achieved_flops / peak_flops``, null (never NaN) where no peak is known, with
+    ``mfu_reason`` saying why.
+    """
+
+    SCHEMA: ClassVar[str] = "mfu_window/1"
+    schema_name: Literal["mfu_window/1"] = Field("mfu_window/1", alias="schema")
+    scope: Scope
+    key: Name
+    window_start: float
+    window_end: float
+    mfu: NonNegative | None
+    achieved_flops: NonNegative
+    peak_flops: NonNegative
+    gpu_seconds: NonNegative
+    gpus: int = Field(ge=0)
+    sm_util: Ratio | None = None
+    tensor_active: Ratio | None = None
+    mem_util: Ratio | None = None
+    precision: Precision | None = None
+    late_events: int = Field(0, ge=0)
+    duplicates: int = Field(0, ge=0)
+    # Beyond the contract's example, all optional:
+    mfu_reason: str | None = None
+    hfu: NonNegative | None = None
+    tokens: NonNegative | None = None
+    expected_mfu: Ratio | None = None
+    gpu_model: str | None = None
+    fleet: str | None = None
+    nodes: int | None = Field(None, ge=0)
+    mem_used_ratio: Ratio | None = None
+    # Fleet (and node) level: the provider's view next to the tenant's.
+    allocated_gpus: int | None = Field(None, ge=0)
+    allocation: Ratio | None = None
+    mfu_allocated: NonNegative | None = None
+    # Workload level: model context from the FLOP reports, for model-aware rules.
+    model: str | None = None
+    phase: str | None = None
+    parallelism: Parallelism | None = None
+    ranks: int | None = Field(None, ge=0)
+    rank_mfu_min: NonNegative | None = None
+    rank_mfu_median: NonNegative | None = None
+
+    @property
+    def window_s(self) -> float:
+        return self.window_end - self.window_start
+
+    @staticmethod
+    def make_event_id(scope: str, key: str, window_start: float) -> str:
+        return f"{scope}:{key}:{window_start:.3f}"
+
+
+class DeadLetter(Event):
+    """Record on ``mfu.deadletter.v1``: the original bytes (as text), where they came
+    from and why they were refused."""
+
+    SCHEMA: ClassVar[str] = "deadletter/1"
+    schema_name: Literal["deadletter/1"] = Field("deadletter/1", alias="schema")
+    source_topic: str
+    reason: str
+    original: str
+    ts: float
+    partition: int | None = None
+    offset: int | None = None
+
+
+class CloudEvent(BaseModel):
+    """CloudEvents 1.0, structured JSON mode, as emitted on ``mfu.policy.v1``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+    specversion: Literal["1.0"] = "1.0"
+    id: Name
+    source: Name
+    type: Annotated[str, Field(pattern=r"^io\.mfu\.[a-z_]+\.v\d+$")]
+    subject: Name
+    time: str
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: dict[str, Any]
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+# --- parsing raw Kafka values ------------------------------------------------------
+
+E = TypeVar("E", bound=Event)
+MAX_BATCH_EVENTS = 10_000
+
+
+class Rejected(BaseModel):
+    """One refused input: the text to keep and the reason, for a dead-letter record."""
+
+    model_config = ConfigDict(frozen=True)
+    original: str
+    reason: str
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each failing field and its problem."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "<event>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _reject(original: Any, reason: str) -> Rejected:
+    text = original if isinstance(original, str) else json.dumps(original, default=str)
+    return Rejected(original=text, reason=reason)
+
+
+def _validate_one(model: type[E], obj: Any) -> E | Rejected:
+    if not isinstance(obj, dict):
+        return _reject(obj, f"expected a JSON object, got {type(obj).__name__}")
+    schema = obj.get("schema")
+    if schema != model.SCHEMA:
+        return _reject(obj, f"schema: expected {model.SCHEMA!r}, got {schema!r}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        return _reject(obj, f"invalid {model.SCHEMA}: {describe_validation_error(exc)}")
+
+
+def _reject_non_finite(token: str) -> float:
+    raise ValueError(f"non-finite number {token} is not allowed")
+
+
+def parse_events(raw: bytes | str, model: type[E]) -> tuple[list[E], list[Rejected]]:
+    """Decode one Kafka value holding a ``model`` event or a ``batch/1`` of them.
+
+    Returns the valid events and one :class:`Rejected` per bad one; never raises on bad
+    input. JSON's non-standard ``NaN``/``Infinity`` tokens are refused outright.
+    """
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+        obj = json.loads(text, parse_constant=_reject_non_finite)
+    except (UnicodeDecodeError, ValueError) as exc:
+        original = raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) else raw
+        return [], [Rejected(original=original, reason=f"not valid JSON: {exc}")]
+    if isinstance(obj, dict) and obj.get("schema") == "batch/1":
+        items = obj.get("events")
+        if not isinstance(items, list):
+            return [], [_reject(obj, "batch/1: 'events' must be a list")]
+        if len(items) > MAX_BATCH_EVENTS:
+            return [], [_reject(obj, f"batch/1: {len(items)} events exceed {MAX_BATCH_EVENTS}")]
+    else:
+        items = [obj]
+    good: list[E] = []
+    bad: list[Rejected] = []
+    for item in items:
+        result = _validate_one(model, item)
+        (bad if isinstance(result, Rejected) else good).append(result)  # type: ignore[arg-type]
+    return good, bad
+
+
+def batch(events: list[Event]) -> bytes:
+    """Encode events as one ``batch/1`` value (what an agent sends per node per interval)."""
+    body = ",".join(e.model_dump_json(by_alias=True) for e in events)
+    return b'{"schema":"batch/1","events":[' + body.encode() + b"]}"
+
+
+def is_finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
