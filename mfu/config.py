@@ -38,6 +38,8 @@ class KafkaSettings(BaseSettings):
     ssl_key_location: Path | None = None
     ssl_key_password: SecretStr | None = None
     client_id: str = "mfu"
+    replication_factor: int = Field(1, ge=1, description="for topics the project creates")
+    partitions: int = Field(8, ge=1, description="partition count of the input topics")
 
     @model_validator(mode="after")
     def _password_from_file(self) -> KafkaSettings:

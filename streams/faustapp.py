@@ -1,0 +1,76 @@
+"""Faust application factory shared by the stream and policy stages.
+
+Every Faust app of this project is built here so that Kafka security settings pass
+through the same way, the web server stays off (many workers share a host), and the
+table state directory lives under a configurable folder.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from mfu.config import KafkaSettings
+
+
+def faust_credentials(kafka: KafkaSettings) -> Any:
+    """Map ``MFU_KAFKA_*`` security settings to Faust/aiokafka credentials (or None)."""
+    context: ssl.SSLContext | None = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(kafka.ssl_ca_location) if kafka.ssl_ca_location else None
+        )
+        if kafka.ssl_certificate_location:
+            context.load_cert_chain(
+                str(kafka.ssl_certificate_location),
+                keyfile=str(kafka.ssl_key_location) if kafka.ssl_key_location else None,
+                password=(
+                    kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None
+                ),
+            )
+    if kafka.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def make_app(
+    app_id: str,
+    kafka: KafkaSettings,
+    *,
+    partitions: int = 8,
+    data_dir: Path | None = None,
+    **overrides: Any,
+) -> faust.App:
+    """A Faust app with this project's defaults.
+
+    ``partitions`` is the partition count for topics and tables the app declares; it must
+    equal the partition count of the topics the app consumes (co-partitioning).
+    """
+    options: dict[str, Any] = {
+        "broker": kafka.faust_url(),
+        "broker_credentials": faust_credentials(kafka),
+        "store": "memory://",
+        "topic_partitions": partitions,
+        "topic_replication_factor": kafka.replication_factor,
+        "web_enabled": False,
+        "producer_acks": -1,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_interval": 1.0,
+        "table_cleanup_interval": 30.0,
+        "value_serializer": "raw",
+        "key_serializer": "raw",
+    }
+    if data_dir is not None:
+        options["datadir"] = str(data_dir)
+    options.update(overrides)
+    return faust.App(app_id, **options)
