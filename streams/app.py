@@ -1,0 +1,334 @@
+"""The Faust application of the stream stage: event-time windowed MFU per node, workload
+and fleet, to Kafka and InfluxDB.
+
+Two agents in one app (scale out by running more workers; partitions spread over them):
+
+- ``node-stage`` reads ``mfu.telemetry.v1`` + ``mfu.flops.v1`` (co-partitioned by node),
+  closes node windows itself (:class:`streams.stages.NodeStage`), publishes node records
+  and re-keys per-workload/fleet partials to ``mfu.partials.v1``, followed by a marker to
+  every partials partition saying which windows this source partition has closed.
+- ``rollup`` reads the partials and closes a workload/fleet window when every source
+  partition has closed it (:class:`streams.stages.RollupStage`).
+
+Delivery: input events are consumed without auto-ack and acked only after every window
+they touch is closed, its records are acknowledged by Kafka and InfluxDB, and the
+partition's small ``Progress`` is in a changelogged table. Offsets thus never pass data
+whose results are not durable; after a crash or rebalance the new owner replays from the
+committed offset and skips pieces of windows the progress says are closed. Faust's own
+windowed tables are not used: they expire on wall-clock time and drop late events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mfu import topics
+from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
+from mfu.events import DeadLetter, FlopReport, GpuSample, MfuWindow, Rejected, parse_events
+from streams.aggregate import Marker, Partial
+from streams.faustapp import make_app
+from streams.influx import InfluxWriter
+from streams.stages import NEG_INF, Closed, NodeStage, Progress, RollupStage
+
+log = logging.getLogger("mfu.streams")
+
+
+class StreamSettings(BaseSettings):
+    """Stream-stage settings (env prefix ``MFU_STREAMS_``); topics default to DESIGN.md."""
+
+    model_config = SettingsConfigDict(env_prefix="MFU_STREAMS_", extra="ignore", frozen=True)
+
+    app_id: str = "mfu-streams"
+    fleet: str = Field("default", description="fleet name: key of mfu.fleet.v1 records")
+    telemetry_topic: str = topics.TELEMETRY
+    flops_topic: str = topics.FLOPS
+    workload_topic: str = topics.WORKLOAD
+    node_topic: str = topics.NODE
+    fleet_topic: str = topics.FLEET
+    deadletter_topic: str = topics.DEADLETTER
+    late_topic: str = topics.LATE
+    partials_topic: str = topics.PARTIALS
+    tick_s: float = Field(1.0, gt=0, description="how often idle partitions are checked")
+    log_level: str = "WARNING"
+
+    def all_topics(self) -> list[str]:
+        return [self.telemetry_topic, self.flops_topic, self.workload_topic, self.node_topic,
+                self.fleet_topic, self.deadletter_topic, self.late_topic, self.partials_topic]
+
+
+@dataclass
+class _PartitionState:
+    stage: Any  # NodeStage | RollupStage
+    pending: list[tuple[float, Any]] = field(default_factory=list)  # (max window, event)
+    last_input_wall: float = field(default_factory=time.monotonic)
+    idle_announced_at: float = 0.0
+
+
+class Runtime:
+    """Holds per-partition stage state and performs the stages' effects via Faust."""
+
+    def __init__(self, app: faust.App, settings: StreamSettings, kafka: KafkaSettings,
+                 windows: WindowSettings, influx: InfluxSettings) -> None:
+        self.app = app
+        self.s = settings
+        self.windows = windows
+        self.n_partitions = kafka.partitions
+        self.writer = InfluxWriter(influx) if influx.enabled else None
+        self.node: dict[int, _PartitionState] = {}
+        self.rollup: dict[int, _PartitionState] = {}
+        self.counters: dict[str, int] = {"events": 0, "deadletter": 0, "late": 0,
+                                         "duplicates": 0, "records": 0}
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.inputs = app.topic(settings.telemetry_topic, settings.flops_topic, **raw)
+        self.partials = app.topic(settings.partials_topic, partitions=kafka.partitions, **raw)
+        self.outputs = {
+            "workload": app.topic(settings.workload_topic, **raw),
+            "node": app.topic(settings.node_topic, **raw),
+            "fleet": app.topic(settings.fleet_topic, **raw),
+        }
+        self.deadletter = app.topic(settings.deadletter_topic, **raw)
+        self.late = app.topic(settings.late_topic, **raw)
+        self.progress = app.Table("progress", partitions=kafka.partitions, **raw)
+
+    # --- state ----------------------------------------------------------------
+
+    def _restore(self, kind: str, partition: int) -> Progress | None:
+        raw = self.progress.get(f"{kind}:{partition}".encode())
+        if raw is None:
+            return None
+        return Progress.model_validate_json(raw)
+
+    def node_state(self, partition: int) -> _PartitionState:
+        st = self.node.get(partition)
+        if st is None:
+            stage = NodeStage(self.windows, self.s.fleet, self._restore("node", partition))
+            st = self.node[partition] = _PartitionState(stage)
+        return st
+
+    def rollup_state(self, partition: int) -> _PartitionState:
+        st = self.rollup.get(partition)
+        if st is None:
+            stage = RollupStage(self.windows, self.n_partitions, self.s.fleet,
+                                self._restore("rollup", partition))
+            st = self.rollup[partition] = _PartitionState(stage)
+        return st
+
+    def forget(self, tps: Any) -> None:
+        """Drop state of partitions this worker no longer owns (the next owner replays)."""
+        for tp in tps:
+            if tp.topic == self.s.telemetry_topic:
+                self.node.pop(tp.partition, None)
+            elif tp.topic == self.s.partials_topic:
+                self.rollup.pop(tp.partition, None)
+
+    async def _persist(self, kind: str, partition: int, st: _PartitionState) -> None:
+        key = f"{kind}:{partition}".encode()
+        value = st.stage.snapshot().model_dump_json().encode()
+        self.progress.data[key] = value
+        await self.progress.send_changelog(partition, key, value)
+
+    @staticmethod
+    def _ack_through(st: _PartitionState, ws: float) -> None:
+        keep = []
+        for max_ws, event in st.pending:
+            if max_ws <= ws:
+                event.ack()
+            else:
+                keep.append((max_ws, event))
+        st.pending = keep
+
+    # --- effects ----------------------------------------------------------------
+
+    async def _dead_letter(self, rejected: list[Rejected], message: Any) -> list[Any]:
+        futs = []
+        for r in rejected:
+            rec = DeadLetter(
+                event_id=f"{message.topic}:{message.partition}:{message.offset}",
+                source_topic=message.topic, reason=r.reason, original=r.original,
+                ts=time.time(), partition=message.partition, offset=message.offset,
+            )
+            futs.append(await self.deadletter.send(key=message.key, value=rec.to_json()))
+            log.info("dead-lettered event", extra={"topic": message.topic, "reason": r.reason})
+        self.counters["deadletter"] += len(rejected)
+        return futs
+
+    async def _publish(self, closed: list[Closed]) -> list[Any]:
+        futs = []
+        records: list[MfuWindow] = []
+        for c in closed:
+            for rec in c.records:
+                futs.append(await self.outputs[rec.scope].send(key=rec.key.encode(),
+                                                                value=rec.to_json()))
+                records.append(rec)
+            for p in c.partials:
+                futs.append(await self.partials.send(
+                    key=f"{p.scope}:{p.key}".encode(),
+                    value=p.model_dump_json(by_alias=True).encode(),
+                ))
+        if records and self.writer is not None:
+            # Blocking, retrying write off the event loop: an outage delays, never drops.
+            await asyncio.get_running_loop().run_in_executor(None, self.writer.write, records)
+        self.counters["records"] += len(records)
+        return futs
+
+    async def _send_markers(self, src: int, stage: NodeStage, idle: bool) -> list[Any]:
+        closed_through = stage.progress.closed_through
+        m = Marker(src=src, closed_through=closed_through if closed_through > NEG_INF else 0.0,
+                   idle=idle)
+        value = m.model_dump_json(by_alias=True).encode()
+        return [await self.partials.send(value=value, partition=i)
+                for i in range(self.n_partitions)]
+
+    async def close_node_windows(self, partition: int, st: _PartitionState,
+                                 starts: list[float], idle: bool = False) -> None:
+        stage: NodeStage = st.stage
+        closed = [stage.close(ws) for ws in starts]
+        futs = await self._publish(closed)
+        futs += await self._send_markers(partition, stage, idle)
+        await asyncio.gather(*futs)
+        await self._persist("node", partition, st)
+        self._ack_through(st, starts[-1] if starts else NEG_INF)
+
+    async def close_rollup_windows(self, partition: int, st: _PartitionState,
+                                   starts: list[float]) -> None:
+        stage: RollupStage = st.stage
+        closed = [stage.close(ws) for ws in starts]
+        futs = await self._publish(closed)
+        await asyncio.gather(*futs)
+        await self._persist("rollup", partition, st)
+        self._ack_through(st, starts[-1] if starts else NEG_INF)
+
+    # --- input -------------------------------------------------------------------
+
+    async def on_input(self, event: Any) -> None:
+        message = event.message
+        st = self.node_state(message.partition)
+        st.last_input_wall = time.monotonic()
+        model = GpuSample if message.topic == self.s.telemetry_topic else FlopReport
+        good, bad = parse_events(message.value, model)
+        futs = []
+        horizon = time.time() + self.windows.max_future_skew_s
+        max_ws = NEG_INF
+        late: list[GpuSample | FlopReport] = []
+        for ev in good:
+            end = ev.ts if isinstance(ev, GpuSample) else ev.end
+            if end > horizon:
+                bad.append(Rejected(original=ev.model_dump_json(by_alias=True),
+                                    reason=f"clock skew: event time {end:.3f} is more than "
+                                    f"{self.windows.max_future_skew_s:.0f} s ahead of this "
+                                    f"worker's clock; check NTP on node {ev.node}"))
+                continue
+            d = st.stage.add(ev, topic=message.topic, offset=message.offset)
+            if d.max_window is not None and d.max_window > max_ws:
+                max_ws = d.max_window
+            if d.late:
+                late.append(ev)
+            if d.duplicate:
+                self.counters["duplicates"] += 1
+        self.counters["events"] += len(good)
+        if bad:
+            futs += await self._dead_letter(bad, message)
+        for ev in late:
+            futs.append(await self.late.send(key=message.key, value=ev.to_json()))
+        self.counters["late"] += len(late)
+        st.pending.append((max_ws, event))
+        due = st.stage.due()
+        if due:
+            await self.close_node_windows(message.partition, st, due)
+        elif futs:
+            await asyncio.gather(*futs)
+
+    async def on_partial(self, event: Any) -> None:
+        message = event.message
+        st = self.rollup_state(message.partition)
+        st.last_input_wall = time.monotonic()
+        try:
+            obj = json.loads(message.value)
+            if obj.get("schema") == "mfu_marker/1":
+                st.stage.add_marker(Marker.model_validate(obj), topic=message.topic,
+                                    offset=message.offset)
+                st.pending.append((NEG_INF, event))
+            else:
+                d = st.stage.add_partial(Partial.model_validate(obj), topic=message.topic,
+                                         offset=message.offset)
+                st.pending.append((d.max_window if d.max_window is not None else NEG_INF,
+                                   event))
+        except (ValueError, ValidationError) as exc:
+            futs = await self._dead_letter([Rejected(original=message.value.decode("utf-8", "replace"),
+                                                     reason=f"bad partial: {exc}")], message)
+            await asyncio.gather(*futs)
+            event.ack()
+            return
+        due = st.stage.due()
+        if due:
+            await self.close_rollup_windows(message.partition, st, due)
+
+    async def on_tick(self) -> None:
+        """Close windows of partitions whose input stopped; tell the roll-up they are idle."""
+        now = time.monotonic()
+        try:
+            assigned = self.app.assignor.assigned_actives()
+        except Exception:  # not assigned yet
+            return
+        for tp in assigned:
+            if tp.topic != self.s.telemetry_topic:
+                continue
+            st = self.node_state(tp.partition)
+            if now - st.last_input_wall < self.windows.idle_timeout_s:
+                continue
+            starts = st.stage.flush_idle()
+            if starts:
+                await self.close_node_windows(tp.partition, st, starts, idle=True)
+                st.idle_announced_at = now
+            elif now - st.idle_announced_at >= self.windows.idle_timeout_s:
+                await asyncio.gather(*await self._send_markers(tp.partition, st.stage, True))
+                st.idle_announced_at = now
+
+
+def build_app(
+    settings: StreamSettings | None = None,
+    kafka: KafkaSettings | None = None,
+    windows: WindowSettings | None = None,
+    influx: InfluxSettings | None = None,
+) -> tuple[faust.App, Runtime]:
+    """The stream-stage Faust app and its runtime (settings default to the environment)."""
+    settings = settings or StreamSettings()
+    kafka = kafka or KafkaSettings()
+    windows = windows or WindowSettings()
+    influx = influx or InfluxSettings()
+    app = make_app(settings.app_id, kafka, partitions=kafka.partitions,
+                   stream_buffer_maxsize=32768, broker_commit_livelock_soft_timeout=600.0)
+    rt = Runtime(app, settings, kafka, windows, influx)
+
+    @app.agent(rt.inputs, name="node-stage")
+    async def node_stage(stream: Any) -> None:
+        async for event in stream.noack().events():
+            await rt.on_input(event)
+
+    @app.agent(rt.partials, name="rollup")
+    async def rollup(stream: Any) -> None:
+        async for event in stream.noack().events():
+            await rt.on_partial(event)
+
+    @app.timer(interval=settings.tick_s)
+    async def idle_tick() -> None:
+        await rt.on_tick()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        rt.forget(revoked)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        rt.forget(assigned)  # restored from the progress table on first use
+
+    return app, rt

@@ -1,0 +1,259 @@
+"""Per-partition event-time state machines for the two stream stages (pure, no I/O).
+
+The Faust adapter (:mod:`streams.app`) feeds each input partition's events to one
+:class:`NodeStage` (inputs keyed by node) or :class:`RollupStage` (partials keyed by
+workload / fleet) and performs the effects these return. Keeping this free of Faust lets
+the window semantics be tested exactly, event by event.
+
+Event-time rules (DESIGN.md §5):
+
+- The watermark of a partition is the highest event time it has seen (a sample's ``ts``,
+  a report's ``end``). Window ``[ws, ws + size)`` closes, once, when the watermark reaches
+  ``ws + size + grace``. ``closed_through`` then moves past it: a later piece of an event
+  that falls in a closed window is *late*: counted in ``late_events`` of that key's next
+  result and routed to the late topic, never silently dropped.
+- Recovery replays input from the committed offset (offsets are committed only once every
+  window an event touched is closed and written). ``Progress`` (closed_through, watermark
+  and the highest offset seen at the last close) is persisted per partition, so replayed
+  pieces of already-closed windows are skipped instead of re-opening those windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mfu.config import WindowSettings
+from mfu.events import FlopReport, GpuSample, MfuWindow
+from mfu.windows import split_interval
+from streams.aggregate import Marker, NodeWindow, Partial, RollupWindow
+
+NEG_INF = -math.inf
+
+
+class Progress(BaseModel):
+    """What must survive a restart of one partition's stage (a few numbers)."""
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
+    closed_through: float = NEG_INF  # every window starting before this is closed
+    watermark: float = NEG_INF
+    offsets: dict[str, int] = Field(default_factory=dict)  # topic -> highest offset seen
+    sources: dict[int, float] = Field(default_factory=dict)  # roll-up: src -> closed_through
+    idle: list[int] = Field(default_factory=list)  # roll-up: idle sources
+
+
+@dataclass
+class Disposition:
+    """What became of one input event."""
+
+    max_window: float | None = None  # last window it counts in (ack once that closes)
+    late: bool = False  # some piece fell in a closed window
+    duplicate: bool = False
+    skipped_replay: bool = False
+
+
+@dataclass
+class Closed:
+    """One closed window: final records to publish and partials to re-key."""
+
+    window_start: float
+    records: list[MfuWindow] = field(default_factory=list)
+    partials: list[Partial] = field(default_factory=list)
+
+
+class _Base:
+    def __init__(self, settings: WindowSettings, fleet: str, progress: Progress | None) -> None:
+        self.size_s = settings.size_s
+        self.hop_s = settings.hop_s
+        self.step_s = settings.hop_s or settings.size_s
+        self.grace_s = settings.grace_s
+        self.fleet = fleet
+        self.progress = progress.model_copy(deep=True) if progress else Progress()
+        self.replay_offsets = dict(self.progress.offsets)  # offsets at the last durable close
+        self.max_offsets: dict[str, int] = dict(self.progress.offsets)
+        self.pending_late: Counter[tuple[str, str]] = Counter()
+        self.last_input_wall = 0.0
+
+    def _seen_offset(self, topic: str, offset: int | None) -> bool:
+        """True if this offset was processed before the last durable close (a replay)."""
+        if offset is None:
+            return False
+        replayed = offset <= self.replay_offsets.get(topic, -1)
+        if offset > self.max_offsets.get(topic, -1):
+            self.max_offsets[topic] = offset
+        return replayed
+
+    def _is_closed(self, ws: float) -> bool:
+        return ws < self.progress.closed_through
+
+    def _mark_closed(self, ws: float) -> None:
+        self.progress.closed_through = max(self.progress.closed_through, ws + self.step_s)
+
+    def snapshot(self) -> Progress:
+        """Progress to persist after a close (before acking its inputs)."""
+        p = self.progress.model_copy(deep=True)
+        p.offsets = dict(self.max_offsets)
+        self.replay_offsets = dict(self.max_offsets)
+        return p
+
+
+class NodeStage(_Base):
+    """Windows of one input partition (all telemetry and FLOP reports of its nodes)."""
+
+    def __init__(
+        self, settings: WindowSettings, fleet: str = "default", progress: Progress | None = None
+    ) -> None:
+        super().__init__(settings, fleet, progress)
+        self.open: dict[float, dict[str, NodeWindow]] = {}
+        self.registry: dict[str, tuple[str, str | None]] = {}  # gpu_uuid -> (name, mig)
+
+    def add(
+        self, event: GpuSample | FlopReport, *, topic: str = "", offset: int | None = None
+    ) -> Disposition:
+        """Account one valid event."""
+        replay = self._seen_offset(topic, offset)
+        d = Disposition()
+        if isinstance(event, GpuSample):
+            start, end = event.ts - event.interval_s, event.ts
+            self.registry[event.gpu_uuid] = (event.gpu_name, event.mig_profile)
+        else:
+            start, end = event.start, event.end
+        first_piece = True
+        for ws, overlap_s, fraction in split_interval(start, end, self.size_s, self.hop_s):
+            if self._is_closed(ws):
+                if replay:
+                    d.skipped_replay = True
+                else:
+                    d.late = True
+                continue
+            nodes = self.open.get(ws)
+            if nodes is None:
+                nodes = self.open[ws] = {}
+            w = nodes.get(event.node)
+            if w is None:
+                w = nodes[event.node] = NodeWindow(event.node, ws, ws + self.size_s)
+            if event.event_id in w.seen:
+                if first_piece:
+                    w.duplicates += 1
+                    d.duplicate = True
+                first_piece = False
+                continue
+            first_piece = False
+            w.seen.add(event.event_id)
+            if isinstance(event, GpuSample):
+                w.add_sample(event, overlap_s)
+            else:
+                w.add_report(event, overlap_s, fraction)
+            d.max_window = ws if d.max_window is None else max(d.max_window, ws)
+        if d.late:
+            self.pending_late[("node", event.node)] += 1
+            if isinstance(event, FlopReport):
+                self.pending_late[("workload", event.workload)] += 1
+        if end > self.progress.watermark:
+            self.progress.watermark = end
+        return d
+
+    def due(self) -> list[float]:
+        """Open windows the watermark has passed (end + grace), oldest first."""
+        wm = self.progress.watermark
+        return sorted(ws for ws in self.open if ws + self.size_s + self.grace_s <= wm)
+
+    def close(self, ws: float) -> Closed:
+        """Close window ``ws``: final node records and partials for the roll-up."""
+        out = Closed(ws)
+        for node, w in sorted(self.open.pop(ws, {}).items()):
+            w.late_events = self.pending_late.pop(("node", node), 0)
+            rec, partials = w.close(self.fleet, self.registry)
+            out.records.append(rec)
+            for p in partials:
+                if p.scope == "workload":
+                    p.late_events += self.pending_late.pop(("workload", p.key), 0)
+            out.partials.extend(partials)
+        self._mark_closed(ws)
+        return out
+
+    def flush_idle(self) -> list[float]:
+        """Windows to close because input stopped: all open ones (the watermark jumps past
+        them, so events for them arriving later are late)."""
+        wins = sorted(self.open)
+        if wins:
+            self.progress.watermark = max(
+                self.progress.watermark, wins[-1] + self.size_s + self.grace_s
+            )
+        return wins
+
+
+class RollupStage(_Base):
+    """Merges node partials per workload and fleet; closes a window once every node-stage
+    partition (``sources``) has closed it, ignoring sources that declared themselves idle."""
+
+    def __init__(
+        self,
+        settings: WindowSettings,
+        sources: int,
+        fleet: str = "default",
+        progress: Progress | None = None,
+    ) -> None:
+        super().__init__(settings, fleet, progress)
+        self.n_sources = sources
+        self.open: dict[float, dict[tuple[str, str], RollupWindow]] = {}
+
+    def add_partial(self, p: Partial, *, topic: str = "", offset: int | None = None) -> Disposition:
+        replay = self._seen_offset(topic, offset)
+        d = Disposition()
+        ws = p.window_start
+        if self._is_closed(ws):
+            if replay:
+                d.skipped_replay = True
+            else:
+                d.late = True
+                self.pending_late[(p.scope, p.key)] += 1
+            return d
+        wins = self.open.setdefault(ws, {})
+        k = (p.scope, p.key)
+        rw = wins.get(k)
+        if rw is None:
+            wins[k] = RollupWindow.start(p)
+        elif not rw.add(p):
+            d.duplicate = True
+        d.max_window = ws
+        return d
+
+    def add_marker(self, m: Marker, *, topic: str = "", offset: int | None = None) -> None:
+        self._seen_offset(topic, offset)
+        prev = self.progress.sources.get(m.src, NEG_INF)
+        self.progress.sources[m.src] = max(prev, m.closed_through)
+        idle = set(self.progress.idle)
+        if m.idle:
+            idle.add(m.src)
+        else:
+            idle.discard(m.src)
+        self.progress.idle = sorted(idle)
+
+    def low_watermark(self) -> float:
+        """Every source has closed all windows starting before this time."""
+        if len(self.progress.sources) < self.n_sources:
+            return NEG_INF  # not every source has reported yet: wait
+        active = [t for s, t in self.progress.sources.items() if s not in self.progress.idle]
+        if not active:
+            return math.inf
+        return min(active)
+
+    def due(self) -> list[float]:
+        lw = self.low_watermark()
+        return sorted(ws for ws in self.open if ws < lw)
+
+    def close(self, ws: float) -> Closed:
+        out = Closed(ws)
+        for (scope, key), rw in sorted(self.open.pop(ws, {}).items()):
+            late = self.pending_late.pop((scope, key), 0)
+            rec = rw.close(self.fleet, late_events=late)
+            if rw.duplicates:
+                rec = rec.model_copy(update={"duplicates": rec.duplicates + rw.duplicates})
+            out.records.append(rec)
+        self._mark_closed(ws)
+        return out
