@@ -380,7 +380,10 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
+    """Can a server bind ``port`` on 127.0.0.1? (SO_REUSEADDR, as servers do, so a port
+    in TIME_WAIT after a restart counts as free.)"""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
