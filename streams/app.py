@@ -71,6 +71,7 @@ class _PartitionState:
     pending: list[tuple[float, Any]] = field(default_factory=list)  # (max window, event)
     last_input_wall: float = field(default_factory=time.monotonic)
     idle_announced_at: float = 0.0
+    idle: bool = False  # told the roll-up this partition holds nothing back
 
 
 class Runtime:
@@ -97,7 +98,8 @@ class Runtime:
         }
         self.deadletter = app.topic(settings.deadletter_topic, **raw)
         self.late = app.topic(settings.late_topic, **raw)
-        self.progress = app.Table("progress", partitions=kafka.partitions, **raw)
+        self.progress = app.Table("progress", partitions=kafka.partitions, key_type=bytes,
+                                  value_type=bytes)
 
     # --- state ----------------------------------------------------------------
 
@@ -110,7 +112,9 @@ class Runtime:
     def node_state(self, partition: int) -> _PartitionState:
         st = self.node.get(partition)
         if st is None:
-            stage = NodeStage(self.windows, self.s.fleet, self._restore("node", partition))
+            stage = NodeStage(self.windows, self.s.fleet, self._restore("node", partition),
+                              inputs=(self.s.telemetry_topic, self.s.flops_topic),
+                              now=time.monotonic())
             st = self.node[partition] = _PartitionState(stage)
         return st
 
@@ -212,7 +216,7 @@ class Runtime:
     async def on_input(self, event: Any) -> None:
         message = event.message
         st = self.node_state(message.partition)
-        st.last_input_wall = time.monotonic()
+        now = st.last_input_wall = time.monotonic()
         model = GpuSample if message.topic == self.s.telemetry_topic else FlopReport
         good, bad = parse_events(message.value, model)
         futs = []
@@ -227,7 +231,7 @@ class Runtime:
                                     f"{self.windows.max_future_skew_s:.0f} s ahead of this "
                                     f"worker's clock; check NTP on node {ev.node}"))
                 continue
-            d = st.stage.add(ev, topic=message.topic, offset=message.offset)
+            d = st.stage.add(ev, topic=message.topic, offset=message.offset, now=now)
             if d.max_window is not None and d.max_window > max_ws:
                 max_ws = d.max_window
             if d.late:
@@ -241,7 +245,12 @@ class Runtime:
             futs.append(await self.late.send(key=message.key, value=ev.to_json()))
         self.counters["late"] += len(late)
         st.pending.append((max_ws, event))
-        due = st.stage.due()
+        if st.idle:
+            # Resuming: tell the roll-up at once to wait for this partition again, before
+            # the other partitions close windows this one now has data for.
+            st.idle = False
+            futs += await self._send_markers(message.partition, st.stage, idle=False)
+        due = st.stage.due(now)
         if due:
             await self.close_node_windows(message.partition, st, due)
         elif futs:
@@ -284,14 +293,18 @@ class Runtime:
                 continue
             st = self.node_state(tp.partition)
             if now - st.last_input_wall < self.windows.idle_timeout_s:
+                # One input may have gone quiet while the other still flows.
+                due = st.stage.due(now)
+                if due:
+                    await self.close_node_windows(tp.partition, st, due)
                 continue
             starts = st.stage.flush_idle()
             if starts:
                 await self.close_node_windows(tp.partition, st, starts, idle=True)
-                st.idle_announced_at = now
+                st.idle_announced_at, st.idle = now, True
             elif now - st.idle_announced_at >= self.windows.idle_timeout_s:
                 await asyncio.gather(*await self._send_markers(tp.partition, st.stage, True))
-                st.idle_announced_at = now
+                st.idle_announced_at, st.idle = now, True
 
 
 def build_app(

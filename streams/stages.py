@@ -7,8 +7,10 @@ the window semantics be tested exactly, event by event.
 
 Event-time rules (DESIGN.md §5):
 
-- The watermark of a partition is the highest event time it has seen (a sample's ``ts``,
-  a report's ``end``). Window ``[ws, ws + size)`` closes, once, when the watermark reaches
+- The watermark of a partition is, per input topic, the highest event time seen (a
+  sample's ``ts``, a report's ``end``), and the minimum of those over the topics that are
+  not idle (Flink's rule for operators with several inputs: telemetry racing ahead of
+  FLOP reports must not close windows the reports still belong to). Window ``[ws, ws + size)`` closes, once, when the watermark reaches
   ``ws + size + grace``. ``closed_through`` then moves past it: a later piece of an event
   that falls in a closed window is *late*: counted in ``late_events`` of that key's next
   result and routed to the late topic, never silently dropped.
@@ -40,7 +42,7 @@ class Progress(BaseModel):
     model_config = ConfigDict(ser_json_inf_nan="constants")
 
     closed_through: float = NEG_INF  # every window starting before this is closed
-    watermark: float = NEG_INF
+    watermarks: dict[str, float] = Field(default_factory=dict)  # input topic -> event time
     offsets: dict[str, int] = Field(default_factory=dict)  # topic -> highest offset seen
     sources: dict[int, float] = Field(default_factory=dict)  # roll-up: src -> closed_through
     idle: list[int] = Field(default_factory=list)  # roll-up: idle sources
@@ -102,20 +104,57 @@ class _Base:
 
 
 class NodeStage(_Base):
-    """Windows of one input partition (all telemetry and FLOP reports of its nodes)."""
+    """Windows of one input partition (all telemetry and FLOP reports of its nodes).
+
+    ``inputs`` names the input topics; one that sent nothing for ``idle_timeout_s`` of
+    wall-clock time (``now``, monotonic seconds) stops holding the watermark back.
+    """
 
     def __init__(
-        self, settings: WindowSettings, fleet: str = "default", progress: Progress | None = None
+        self,
+        settings: WindowSettings,
+        fleet: str = "default",
+        progress: Progress | None = None,
+        *,
+        inputs: tuple[str, ...] = ("",),
+        now: float = 0.0,
     ) -> None:
         super().__init__(settings, fleet, progress)
         self.open: dict[float, dict[str, NodeWindow]] = {}
         self.registry: dict[str, tuple[str, str | None]] = {}  # gpu_uuid -> (name, mig)
+        self.inputs = inputs
+        self.idle_timeout_s = settings.idle_timeout_s
+        self.last_seen: dict[str, float] = dict.fromkeys(inputs, now)
+
+    def watermark(self, now: float | None = None) -> float:
+        """Event time up to which every active input has advanced."""
+        wms = self.progress.watermarks
+        active = [
+            wms.get(t, NEG_INF)
+            for t in self.inputs
+            if now is None or now - self.last_seen.get(t, NEG_INF) < self.idle_timeout_s
+        ]
+        if not active:
+            return max(wms.values(), default=NEG_INF)
+        return min(active)
 
     def add(
-        self, event: GpuSample | FlopReport, *, topic: str = "", offset: int | None = None
+        self,
+        event: GpuSample | FlopReport,
+        *,
+        topic: str = "",
+        offset: int | None = None,
+        now: float | None = None,
     ) -> Disposition:
-        """Account one valid event."""
+        """Account one valid event from input ``topic``."""
         replay = self._seen_offset(topic, offset)
+        if now is not None:
+            if now - self.last_seen.get(topic, NEG_INF) >= self.idle_timeout_s:
+                # This input resumes after a quiet spell: give the others a fresh timeout to
+                # resume too before they stop counting, or it would race ahead of them.
+                for t in self.inputs:
+                    self.last_seen[t] = max(self.last_seen.get(t, NEG_INF), now)
+            self.last_seen[topic] = now
         d = Disposition()
         if isinstance(event, GpuSample):
             start, end = event.ts - event.interval_s, event.ts
@@ -153,13 +192,13 @@ class NodeStage(_Base):
             self.pending_late[("node", event.node)] += 1
             if isinstance(event, FlopReport):
                 self.pending_late[("workload", event.workload)] += 1
-        if end > self.progress.watermark:
-            self.progress.watermark = end
+        if end > self.progress.watermarks.get(topic, NEG_INF):
+            self.progress.watermarks[topic] = end
         return d
 
-    def due(self) -> list[float]:
+    def due(self, now: float | None = None) -> list[float]:
         """Open windows the watermark has passed (end + grace), oldest first."""
-        wm = self.progress.watermark
+        wm = self.watermark(now)
         return sorted(ws for ws in self.open if ws + self.size_s + self.grace_s <= wm)
 
     def close(self, ws: float) -> Closed:
@@ -181,9 +220,9 @@ class NodeStage(_Base):
         them, so events for them arriving later are late)."""
         wins = sorted(self.open)
         if wins:
-            self.progress.watermark = max(
-                self.progress.watermark, wins[-1] + self.size_s + self.grace_s
-            )
+            jump = wins[-1] + self.size_s + self.grace_s
+            for t in self.inputs:
+                self.progress.watermarks[t] = max(self.progress.watermarks.get(t, NEG_INF), jump)
         return wins
 
 

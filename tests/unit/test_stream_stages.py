@@ -185,14 +185,14 @@ def test_replay_after_restart_skips_closed_windows_and_gives_same_result() -> No
         events.append(sample("n1", "g0", T0 + i + 0.5, ["job"]))
         events.append(report("job", "n1", "g0", T0 + i - 0.5, T0 + i + 0.5, 0.4 * PEAK_H100))
     # Reference run, no crash.
-    ref = NodeStage(W)
+    ref = NodeStage(W, inputs=("t",))
     ref_records = []
     for off, ev in enumerate(events):
         ref.add(ev, topic="t", offset=off)
         for c in close_all(ref):
             ref_records.extend(c.records)
     # Crash after the first close: persist progress, replay from the first unacked event.
-    first = NodeStage(W)
+    first = NodeStage(W, inputs=("t",))
     records, progress, first_unacked = [], None, None
     pending: list[tuple[int, float | None]] = []
     for off, ev in enumerate(events):
@@ -206,7 +206,7 @@ def test_replay_after_restart_skips_closed_windows_and_gives_same_result() -> No
             first_unacked = min(o for o, mw in pending if mw is not None and mw > last)
             break
     assert progress is not None and first_unacked is not None
-    second = NodeStage(W, progress=progress)
+    second = NodeStage(W, progress=progress, inputs=("t",))
     for off in range(first_unacked, len(events)):
         second.add(events[off], topic="t", offset=off)
         for c in close_all(second):
@@ -262,3 +262,32 @@ def test_rollup_all_idle_closes_everything() -> None:
     ru.add_partial(_partial("n1", "default", 1e15, 1e16, scope="fleet"))
     ru.add_marker(Marker(src=0, closed_through=0.0, idle=True))
     assert ru.low_watermark() == math.inf and ru.due() == [T0]
+
+
+def test_watermark_is_min_over_active_inputs() -> None:
+    """Telemetry racing ahead must not close windows FLOP reports still belong to."""
+    st = NodeStage(W, inputs=("tel", "flops"), now=0.0)
+    for i in range(30):
+        st.add(sample("n1", "g0", T0 + i + 1, ["job"]), topic="tel", now=1.0)
+    assert st.due(now=1.0) == []
+    for i in range(30):
+        st.add(report("job", "n1", "g0", T0 + i, T0 + i + 1, 0.4 * PEAK_H100), topic="flops",
+               now=2.0)
+    assert st.due(now=2.0) == [T0, T0 + 10]
+    assert all(r.mfu == pytest.approx(0.4) for ws in st.due(2.0) for r in st.close(ws).records)
+
+
+def test_silent_input_stops_holding_back_after_idle_timeout() -> None:
+    st = NodeStage(W, inputs=("tel", "flops"), now=0.0)
+    for i in range(15):
+        st.add(sample("n1", "g0", T0 + i + 1, ["job"]), topic="tel", now=1.0)
+    # "flops" has been silent since the stage started at 0.0
+    assert st.due(now=W.idle_timeout_s - 0.1) == []
+    assert st.due(now=W.idle_timeout_s + 0.1) == [T0]
+
+
+def test_input_resuming_after_quiet_spell_waits_for_the_others() -> None:
+    st = NodeStage(W, inputs=("tel", "flops"), now=0.0)
+    for i in range(15):  # both quiet since 0.0; telemetry resumes at 100.0
+        st.add(sample("n1", "g0", T0 + i + 1, ["job"]), topic="tel", now=100.0)
+    assert st.due(now=100.0) == []  # flops get a fresh idle timeout to show up
