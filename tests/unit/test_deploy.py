@@ -1,0 +1,113 @@
+"""deploy/ and docker-compose.yml stay consistent with the code: commands exist and parse,
+every MFU_* setting named there is a real setting, images are pinned, the dashboard only
+queries fields the sink writes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agents.settings import AgentSettings
+from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
+from mfu.events import MfuWindow
+from mfucli.main import build_parser
+from policies.settings import PolicySettings
+from streams.app import StreamSettings
+from streams.influx import point_fields
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = [KafkaSettings, InfluxSettings, WindowSettings, StreamSettings, PolicySettings,
+            AgentSettings]
+
+
+def known_env_names() -> set[str]:
+    names = set()
+    for cls in SETTINGS:
+        prefix = cls.model_config.get("env_prefix", "")
+        names |= {f"{prefix}{field}".upper() for field in cls.model_fields}
+    return names
+
+
+def parses(argv: list[str]) -> None:
+    try:
+        build_parser(argv).parse_args(argv)
+    except SystemExit as exc:  # argparse error
+        pytest.fail(f"`mfu {' '.join(argv)}` does not parse (exit {exc.code})")
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def k8s_docs() -> list[dict]:
+    docs = []
+    for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def _containers(doc: dict) -> list[dict]:
+    return doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+
+
+def test_compose_images_are_pinned() -> None:
+    for name, svc in compose()["services"].items():
+        if "image" in svc:
+            image = svc["image"]
+            assert ":" in image and not image.endswith(":latest"), f"{name}: {image} not pinned"
+
+
+def test_compose_commands_exist_and_parse() -> None:
+    built = [s for s in compose()["services"].values() if "build" in s]
+    assert {s["command"][0] for s in built} >= {"streams", "policies", "simulate"}
+    for svc in built:
+        parses(list(svc["command"]))
+
+
+def test_k8s_container_args_parse() -> None:
+    seen = set()
+    for doc in k8s_docs():
+        for c in _containers(doc):
+            parses(list(c["args"]))
+            seen.add(c["args"][0])
+    assert seen == {"agent", "streams", "policies"}
+
+
+def test_every_mfu_variable_is_a_real_setting() -> None:
+    names: list[str] = []
+    names += [k for s in compose()["services"].values()
+              for k in (s.get("environment") or {}) if k.startswith("MFU_")]
+    for doc in k8s_docs():
+        if doc["kind"] == "ConfigMap":
+            names += [k for k in doc["data"] if k.startswith("MFU_")]
+        for c in _containers(doc):
+            names += [e["name"] for e in c.get("env", []) if e["name"].startswith("MFU_")]
+    assert names
+    unknown = sorted(set(names) - known_env_names() - {"MFU_INFLUX_PASSWORD"})
+    assert unknown == []
+
+
+def test_dashboard_queries_fields_the_sink_writes() -> None:
+    rec = MfuWindow(event_id="x", scope="fleet", key="default", window_start=1.7e9,
+                    window_end=1.7e9 + 10, mfu=0.3, achieved_flops=1, peak_flops=3,
+                    gpu_seconds=10, gpus=1, sm_util=0.5, allocation=0.9, mfu_allocated=0.4)
+    written = set(point_fields(rec)) | {"tensor_active"}
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/mfu-overview.json").read_text())
+    queried = set()
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            assert 'r._measurement == "mfu"' in target["query"]
+            queried |= set(re.findall(r'r\._field == "(\w+)"', target["query"]))
+    assert queried and queried <= written
+
+
+def test_dockerfile_copies_every_package() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    packages = re.search(r"include = \[(.*?)\]", pyproject).group(1)
+    for pkg in re.findall(r'"(\w+)\*"', packages):
+        assert f"COPY {pkg} ./{pkg}" in text
