@@ -1,0 +1,482 @@
+"""A stand-in for the ``pynvml`` module, driven by recorded values (no GPU needed).
+
+The collector takes an NVML-like object; tests and the benchmark pass a :class:`FakeNvml`
+built from a JSON document (``tests/unit/fixtures/nvml_*.json``), the way
+prometheus_client's tests pass a fake ``/proc`` tree. The document is what
+:func:`record` writes on a real host (``python -m agents.fake_nvml > nvml_host.json``), so
+a new GPU model is covered by recording it once.
+
+Document shape (every key but ``name``/``uuid`` optional)::
+
+    {"devices": [{
+        "index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-...",
+        "utilization": {"gpu": 97, "memory": 41},        # percent
+        "memory": {"used": 70e9, "total": 85e9},          # bytes
+        "clocks": {"sm": 1980, "max_sm": 1980, "app_sm": 1980, "default_app_sm": 1980},
+        "power_mw": 690000, "energy_mj": 1000000,         # milliwatts, millijoules
+        "clock_event_reasons": 0,
+        "processes": [{"pid": 4242, "used_memory": 1e9}],
+        "gpm": {"supported": true, "metrics": {"5": 38.0}},  # metric id -> percent
+        "mig": {"current": 1, "max_devices": 7, "devices": [ {device...,
+                "mig_slot": 0, "gpu_instance_id": 1} ]},
+        "errors": {"nvmlDeviceGetPowerUsage": "NOT_SUPPORTED"},  # function -> error name
+        "lost": false}]}
+
+Only the functions the collector calls are provided. The fake keeps its own clock
+(:meth:`FakeNvml.advance`): energy grows with power and a utilization sample is
+recorded every 1/6 s, so interval averages can be checked.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+NVML_SUCCESS = 0
+NVML_ERROR_UNINITIALIZED = 1
+NVML_ERROR_INVALID_ARGUMENT = 2
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_ERROR_TIMEOUT = 10
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_RESET_REQUIRED = 16
+NVML_ERROR_NO_DATA = 21
+NVML_ERROR_UNKNOWN = 999
+ERRORS_BY_NAME = {
+    name.removeprefix("NVML_ERROR_"): value
+    for name, value in globals().items()
+    if name.startswith("NVML_ERROR_")
+}
+
+NVML_CLOCK_SM = 1
+NVML_GPU_UTILIZATION_SAMPLES = 1
+NVML_MEMORY_UTILIZATION_SAMPLES = 2
+NVML_VALUE_TYPE_UNSIGNED_INT = 1
+NVML_DEVICE_MIG_ENABLE = 1
+NVML_GPM_METRIC_SM_UTIL = 2
+NVML_GPM_METRIC_ANY_TENSOR_UTIL = 5
+NVML_GPM_METRIC_DRAM_BW_UTIL = 10
+NVML_GPM_METRICS_GET_VERSION = 1
+NVML_GPM_METRIC_MAX = 16  # the real struct holds 477; the collector asks for three
+
+# Driver utilization sampling period (µs): NVML keeps about six samples a second.
+_UTIL_PERIOD_US = 166_667
+
+
+class NVMLError(Exception):
+    """Same contract as ``pynvml.NVMLError``: the NVML return code is in ``.value``."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.value = value
+
+    def __str__(self) -> str:
+        names = {v: k for k, v in ERRORS_BY_NAME.items()}
+        return f"NVML error {names.get(self.value, self.value)}"
+
+
+class c_nvmlGpmMetricsGet_t:
+    """Plain-Python twin of pynvml's ctypes struct of the same name."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.numMetrics = 0
+        self.sample1: Any = None
+        self.sample2: Any = None
+        self.metrics = [
+            SimpleNamespace(metricId=0, nvmlReturn=0, value=0.0)
+            for _ in range(NVML_GPM_METRIC_MAX)
+        ]
+
+
+class FakeDevice:
+    """One GPU or MIG device; its attributes are the recorded document, editable in tests."""
+
+    def __init__(self, doc: dict[str, Any], parent: FakeDevice | None, nvml: FakeNvml) -> None:
+        self.doc = doc
+        self.parent = parent
+        self.nvml = nvml
+        self.energy_mj = float(doc.get("energy_mj", 0.0))
+        self.mig_devices = [
+            FakeDevice(child, self, nvml) for child in doc.get("mig", {}).get("devices", [])
+        ]
+
+    @property
+    def lost(self) -> bool:
+        root = self.parent or self
+        return bool(root.doc.get("lost"))
+
+    def check(self, function: str) -> None:
+        """Raise what the recorded document says this call raises."""
+        if self.lost:
+            raise NVMLError(NVML_ERROR_GPU_IS_LOST)
+        if not self.nvml.initialized:
+            raise NVMLError(NVML_ERROR_UNINITIALIZED)
+        error = self.doc.get("errors", {}).get(function)
+        if error is not None:
+            raise NVMLError(ERRORS_BY_NAME[error] if isinstance(error, str) else int(error))
+
+    def get(self, function: str, key: str) -> Any:
+        self.check(function)
+        if key not in self.doc:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return self.doc[key]
+
+
+class FakeNvml:
+    """Module-like object with the pynvml functions the collector uses."""
+
+    NVMLError = NVMLError
+    c_nvmlGpmMetricsGet_t = c_nvmlGpmMetricsGet_t
+
+    def __init__(self, doc: dict[str, Any], *, start_us: int = 1_700_000_000_000_000) -> None:
+        self.doc = copy.deepcopy(doc)
+        self.initialized = False
+        self.init_calls = 0
+        self.calls = 0
+        self.now_us = start_us
+        self.devices = [FakeDevice(d, None, self) for d in self.doc["devices"]]
+        # Per device and sampling type: [(timestamp µs, percent)], newest last.
+        self._util_samples: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self._record_util_samples(self.now_us)
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def from_json(cls, path: str | Path) -> FakeNvml:
+        return cls(json.loads(Path(path).read_text()))
+
+    # -- test controls -----------------------------------------------------------------
+    def advance(self, seconds: float) -> None:
+        """Move the fake clock: energy accrues at the recorded power, utilization
+        samples are taken at the driver's cadence."""
+        end_us = self.now_us + round(seconds * 1e6)
+        for dev in self._all_devices():
+            power_mw = dev.doc.get("power_mw")
+            if power_mw is not None:
+                dev.energy_mj += power_mw * seconds
+        t = self.now_us + _UTIL_PERIOD_US
+        while t <= end_us:
+            self._record_util_samples(t)
+            t += _UTIL_PERIOD_US
+        self.now_us = end_us
+
+    def _all_devices(self) -> list[FakeDevice]:
+        out = []
+        for dev in self.devices:
+            out.append(dev)
+            out.extend(dev.mig_devices)
+        return out
+
+    def _record_util_samples(self, t_us: int) -> None:
+        for i, dev in enumerate(self.devices):
+            util = dev.doc.get("utilization")
+            if util is None:
+                continue
+            for kind, key in ((NVML_GPU_UTILIZATION_SAMPLES, "gpu"),
+                              (NVML_MEMORY_UTILIZATION_SAMPLES, "memory")):
+                buf = self._util_samples.setdefault((i, kind), [])
+                buf.append((t_us, int(util[key])))
+                del buf[:-120]  # the driver keeps a short ring buffer
+
+    # -- library lifecycle -------------------------------------------------------------
+    def nvmlInit(self) -> None:
+        self.init_calls += 1
+        if self.doc.get("driver_not_loaded"):
+            raise NVMLError(NVML_ERROR_DRIVER_NOT_LOADED)
+        self.initialized = True
+
+    def nvmlShutdown(self) -> None:
+        self.initialized = False
+
+    def nvmlDeviceGetCount(self) -> int:
+        if not self.initialized:
+            raise NVMLError(NVML_ERROR_UNINITIALIZED)
+        return len(self.devices)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeDevice:
+        self.calls += 1
+        if not self.initialized:
+            raise NVMLError(NVML_ERROR_UNINITIALIZED)
+        if not 0 <= index < len(self.devices):
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        dev = self.devices[index]
+        dev.check("nvmlDeviceGetHandleByIndex")
+        return dev
+
+    # -- identity ----------------------------------------------------------------------
+    def nvmlDeviceGetName(self, h: FakeDevice) -> str:
+        self.calls += 1
+        return h.get("nvmlDeviceGetName", "name")
+
+    def nvmlDeviceGetUUID(self, h: FakeDevice) -> str:
+        self.calls += 1
+        return h.get("nvmlDeviceGetUUID", "uuid")
+
+    def nvmlDeviceGetIndex(self, h: FakeDevice) -> int:
+        self.calls += 1
+        return h.get("nvmlDeviceGetIndex", "index")
+
+    # -- utilization -------------------------------------------------------------------
+    def nvmlDeviceGetUtilizationRates(self, h: FakeDevice) -> SimpleNamespace:
+        self.calls += 1
+        util = h.get("nvmlDeviceGetUtilizationRates", "utilization")
+        return SimpleNamespace(gpu=int(util["gpu"]), memory=int(util["memory"]))
+
+    def nvmlDeviceGetSamples(self, h: FakeDevice, sampling_type: int, last_seen_us: int):
+        self.calls += 1
+        h.check("nvmlDeviceGetSamples")
+        if h.parent is not None or "utilization" not in h.doc:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        buf = self._util_samples.get((self.devices.index(h), sampling_type), [])
+        newer = [
+            SimpleNamespace(timeStamp=t, sampleValue=SimpleNamespace(uiVal=v))
+            for t, v in buf
+            if t > last_seen_us
+        ]
+        if not newer:
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        return NVML_VALUE_TYPE_UNSIGNED_INT, newer
+
+    # -- memory, clocks, power ---------------------------------------------------------
+    def nvmlDeviceGetMemoryInfo(self, h: FakeDevice) -> SimpleNamespace:
+        self.calls += 1
+        mem = h.get("nvmlDeviceGetMemoryInfo", "memory")
+        return SimpleNamespace(used=int(mem["used"]), total=int(mem["total"]),
+                               free=int(mem["total"]) - int(mem["used"]))
+
+    def _clock(self, h: FakeDevice, function: str, key: str, clock_type: int) -> int:
+        self.calls += 1
+        if clock_type != NVML_CLOCK_SM:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        clocks = h.get(function, "clocks")
+        if key not in clocks:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return int(clocks[key])
+
+    def nvmlDeviceGetClockInfo(self, h: FakeDevice, clock_type: int) -> int:
+        return self._clock(h, "nvmlDeviceGetClockInfo", "sm", clock_type)
+
+    def nvmlDeviceGetMaxClockInfo(self, h: FakeDevice, clock_type: int) -> int:
+        return self._clock(h, "nvmlDeviceGetMaxClockInfo", "max_sm", clock_type)
+
+    def nvmlDeviceGetApplicationsClock(self, h: FakeDevice, clock_type: int) -> int:
+        return self._clock(h, "nvmlDeviceGetApplicationsClock", "app_sm", clock_type)
+
+    def nvmlDeviceGetDefaultApplicationsClock(self, h: FakeDevice, clock_type: int) -> int:
+        return self._clock(h, "nvmlDeviceGetDefaultApplicationsClock", "default_app_sm",
+                           clock_type)
+
+    def nvmlDeviceGetPowerUsage(self, h: FakeDevice) -> int:
+        self.calls += 1
+        return int(h.get("nvmlDeviceGetPowerUsage", "power_mw"))
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeDevice) -> int:
+        self.calls += 1
+        h.get("nvmlDeviceGetTotalEnergyConsumption", "energy_mj")
+        return int(h.energy_mj)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: FakeDevice) -> int:
+        self.calls += 1
+        return int(h.get("nvmlDeviceGetCurrentClocksEventReasons", "clock_event_reasons"))
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h: FakeDevice) -> int:
+        self.calls += 1
+        return int(h.get("nvmlDeviceGetCurrentClocksThrottleReasons", "clock_event_reasons"))
+
+    # -- processes ---------------------------------------------------------------------
+    def nvmlDeviceGetComputeRunningProcesses(self, h: FakeDevice) -> list[SimpleNamespace]:
+        self.calls += 1
+        h.check("nvmlDeviceGetComputeRunningProcesses")
+        return [
+            SimpleNamespace(pid=int(p["pid"]), usedGpuMemory=p.get("used_memory"))
+            for p in h.doc.get("processes", [])
+        ]
+
+    # -- MIG ---------------------------------------------------------------------------
+    def nvmlDeviceGetMigMode(self, h: FakeDevice) -> list[int]:
+        self.calls += 1
+        mig = h.get("nvmlDeviceGetMigMode", "mig")
+        return [int(mig.get("current", 0)), int(mig.get("pending", mig.get("current", 0)))]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: FakeDevice) -> int:
+        self.calls += 1
+        return int(h.get("nvmlDeviceGetMaxMigDeviceCount", "mig").get("max_devices", 7))
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: FakeDevice, index: int) -> FakeDevice:
+        self.calls += 1
+        h.check("nvmlDeviceGetMigDeviceHandleByIndex")
+        for child in h.mig_devices:
+            if int(child.doc.get("mig_slot", -1)) == index:
+                return child
+        raise NVMLError(NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetGpuInstanceId(self, h: FakeDevice) -> int:
+        self.calls += 1
+        return int(h.get("nvmlDeviceGetGpuInstanceId", "gpu_instance_id"))
+
+    # -- GPM ---------------------------------------------------------------------------
+    def nvmlGpmQueryDeviceSupport(self, h: FakeDevice) -> SimpleNamespace:
+        self.calls += 1
+        h.check("nvmlGpmQueryDeviceSupport")
+        return SimpleNamespace(isSupportedDevice=int(bool(h.doc.get("gpm", {}).get("supported"))))
+
+    def nvmlGpmSampleAlloc(self) -> SimpleNamespace:
+        return SimpleNamespace(device=None, gpu_instance_id=None, t_us=None, freed=False)
+
+    def nvmlGpmSampleFree(self, sample: SimpleNamespace) -> None:
+        sample.freed = True
+
+    def nvmlGpmSampleGet(self, h: FakeDevice, sample: SimpleNamespace) -> SimpleNamespace:
+        self.calls += 1
+        h.check("nvmlGpmSampleGet")
+        if not h.doc.get("gpm", {}).get("supported"):
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        sample.device, sample.gpu_instance_id, sample.t_us = h, None, self.now_us
+        return sample
+
+    def nvmlGpmMigSampleGet(self, h: FakeDevice, gpu_instance_id: int, sample: SimpleNamespace):
+        self.calls += 1
+        h.check("nvmlGpmMigSampleGet")
+        if not h.doc.get("gpm", {}).get("supported"):
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        if not any(c.doc.get("gpu_instance_id") == gpu_instance_id for c in h.mig_devices):
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        sample.device, sample.gpu_instance_id, sample.t_us = h, gpu_instance_id, self.now_us
+        return sample
+
+    def nvmlGpmMetricsGet(self, get: c_nvmlGpmMetricsGet_t) -> c_nvmlGpmMetricsGet_t:
+        self.calls += 1
+        s1, s2 = get.sample1, get.sample2
+        if (get.version != NVML_GPM_METRICS_GET_VERSION or s1 is None or s2 is None
+                or s1.device is not s2.device or s1.gpu_instance_id != s2.gpu_instance_id
+                or s1.t_us is None or s2.t_us is None or s2.t_us <= s1.t_us):
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        dev: FakeDevice = s1.device
+        dev.check("nvmlGpmMetricsGet")
+        if s1.gpu_instance_id is not None:
+            dev = next(c for c in dev.mig_devices
+                       if c.doc.get("gpu_instance_id") == s1.gpu_instance_id)
+        values = dev.doc.get("gpm", {}).get("metrics", {})
+        for m in get.metrics[: get.numMetrics]:
+            value = values.get(str(m.metricId))
+            if value is None:
+                m.nvmlReturn, m.value = NVML_ERROR_NOT_SUPPORTED, 0.0
+            else:
+                m.nvmlReturn, m.value = NVML_SUCCESS, float(value)
+        return get
+
+
+# The pynvml module's constants, as attributes of the fake (the collector reads some).
+for _name, _value in list(globals().items()):
+    if _name.startswith("NVML_"):
+        setattr(FakeNvml, _name, _value)
+
+
+def node_document(n_gpus: int = 8, *, name: str = "NVIDIA H100 80GB HBM3",
+                  memory_total: int = 81559 << 20, max_sm_clock: int = 1980,
+                  gpm: bool = True, first_pid: int = 1000) -> dict[str, Any]:
+    """A FakeNvml document of ``n_gpus`` busy GPUs of one model, one process each
+    (pid ``first_pid + index``); defaults are an H100 SXM node as NVML reports it."""
+    devices = []
+    for i in range(n_gpus):
+        devices.append({
+            "index": i, "name": name, "uuid": f"GPU-{i:08x}-0000-4000-8000-{i:012x}",
+            "utilization": {"gpu": 97, "memory": 41},
+            "memory": {"used": memory_total * 85 // 100, "total": memory_total},
+            "clocks": {"sm": max_sm_clock, "max_sm": max_sm_clock,
+                       "app_sm": max_sm_clock, "default_app_sm": max_sm_clock},
+            "power_mw": 650_000, "energy_mj": 10_000_000 * (i + 1),
+            "clock_event_reasons": 0,
+            "processes": [{"pid": first_pid + i, "used_memory": memory_total * 8 // 10}],
+            "gpm": {"supported": gpm, "metrics": {"5": 38.0, "2": 92.0, "10": 40.0}},
+            "mig": {"current": 0, "pending": 0},
+        })
+    return {"devices": devices}
+
+
+def record(nvml: Any) -> dict[str, Any]:
+    """Read every GPU (and MIG device) through ``nvml`` into a FakeNvml document.
+
+    Run on a GPU host to add a fixture: ``python -m agents.fake_nvml > nvml_<model>.json``.
+    Calls that fail are written into ``errors`` so the fake fails the same way.
+    """
+    sm = nvml.NVML_CLOCK_SM
+    names = {getattr(nvml, k): k.removeprefix("NVML_ERROR_") for k in dir(nvml)
+             if k.startswith("NVML_ERROR_") and isinstance(getattr(nvml, k), int)}
+
+    def read(doc: dict[str, Any], key: str, function: str, *args: Any,
+             convert: Any = lambda v: v) -> None:
+        try:
+            doc[key] = convert(getattr(nvml, function)(*args))
+        except nvml.NVMLError as exc:
+            doc.setdefault("errors", {})[function] = names.get(exc.value, exc.value)
+
+    def read_device(h: Any, doc: dict[str, Any]) -> dict[str, Any]:
+        read(doc, "name", "nvmlDeviceGetName", h)
+        read(doc, "uuid", "nvmlDeviceGetUUID", h)
+        read(doc, "utilization", "nvmlDeviceGetUtilizationRates", h,
+             convert=lambda u: {"gpu": u.gpu, "memory": u.memory})
+        read(doc, "memory", "nvmlDeviceGetMemoryInfo", h,
+             convert=lambda m: {"used": m.used, "total": m.total})
+        clocks: dict[str, Any] = {}
+        for key, function in (("sm", "nvmlDeviceGetClockInfo"),
+                              ("max_sm", "nvmlDeviceGetMaxClockInfo"),
+                              ("app_sm", "nvmlDeviceGetApplicationsClock"),
+                              ("default_app_sm", "nvmlDeviceGetDefaultApplicationsClock")):
+            read(clocks, key, function, h, sm)
+        errors = clocks.pop("errors", {})
+        if clocks:
+            doc["clocks"] = clocks
+        if errors:
+            doc.setdefault("errors", {}).update(errors)
+        read(doc, "power_mw", "nvmlDeviceGetPowerUsage", h)
+        read(doc, "energy_mj", "nvmlDeviceGetTotalEnergyConsumption", h)
+        read(doc, "clock_event_reasons", "nvmlDeviceGetCurrentClocksEventReasons", h)
+        read(doc, "processes", "nvmlDeviceGetComputeRunningProcesses", h,
+             convert=lambda ps: [{"pid": p.pid, "used_memory": p.usedGpuMemory} for p in ps])
+        return doc
+
+    nvml.nvmlInit()
+    try:
+        devices = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            h = nvml.nvmlDeviceGetHandleByIndex(index)
+            doc = read_device(h, {"index": index})
+            try:
+                doc["gpm"] = {"supported": bool(nvml.nvmlGpmQueryDeviceSupport(h).isSupportedDevice)}
+            except nvml.NVMLError:
+                doc["gpm"] = {"supported": False}
+            try:
+                current, pending = nvml.nvmlDeviceGetMigMode(h)
+                mig: dict[str, Any] = {"current": current, "pending": pending, "devices": []}
+                if current == nvml.NVML_DEVICE_MIG_ENABLE:
+                    mig["max_devices"] = nvml.nvmlDeviceGetMaxMigDeviceCount(h)
+                    for slot in range(mig["max_devices"]):
+                        try:
+                            mh = nvml.nvmlDeviceGetMigDeviceHandleByIndex(h, slot)
+                        except nvml.NVMLError:
+                            continue
+                        child = read_device(mh, {"mig_slot": slot})
+                        read(child, "gpu_instance_id", "nvmlDeviceGetGpuInstanceId", mh)
+                        mig["devices"].append(child)
+                doc["mig"] = mig
+            except nvml.NVMLError:
+                pass
+            devices.append(doc)
+        return {"devices": devices}
+    finally:
+        nvml.nvmlShutdown()
+
+
+if __name__ == "__main__":
+    import pynvml
+
+    json.dump(record(pynvml), sys.stdout, indent=1, default=str)
+    sys.stdout.write("\n")
