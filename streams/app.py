@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ import faust
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mfu import topics
+from mfu import peaks, topics
 from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
 from mfu.events import DeadLetter, FlopReport, GpuSample, MfuWindow, Rejected, parse_events
 from streams.aggregate import Marker, Partial
@@ -315,6 +316,9 @@ def build_app(
 ) -> tuple[faust.App, Runtime]:
     """The stream-stage Faust app and its runtime (settings default to the environment)."""
     settings = settings or StreamSettings()
+    overrides = os.environ.get(peaks.OVERRIDES_ENV)
+    if overrides:  # operators add GPUs the catalog lacks
+        peaks.load_overrides(overrides)
     kafka = kafka or KafkaSettings()
     windows = windows or WindowSettings()
     influx = influx or InfluxSettings()
