@@ -220,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     fleet_name = f"demo-{run_id}"
     env.update({
         "MFU_KAFKA_PARTITIONS": str(args.partitions),
+        "MFU_POLICIES_PARTITIONS": str(args.partitions),
         "MFU_WINDOW_SIZE_S": str(args.window_s),
         "MFU_WINDOW_GRACE_S": "3",
         "MFU_WINDOW_IDLE_TIMEOUT_S": "6",

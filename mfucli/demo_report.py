@@ -15,6 +15,12 @@ BUSY_SM = 0.7
 LOW_MFU = 0.15
 
 
+def archetype(key: str) -> str:
+    """Workload family for grouping: ``infer-3`` -> ``infer`` (the simulator's naming)."""
+    head, sep, tail = key.rpartition("-")
+    return head if sep and tail.isdigit() else key
+
+
 def _mean(xs: list[float]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
@@ -47,6 +53,20 @@ def summarize(collected: Any) -> dict[str, Any]:
             "model": recs[-1].get("model"),
             "phase": recs[-1].get("phase"),
         })
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[archetype(r["workload"])].append(r)
+    families = [{
+        "family": fam,
+        "workloads": len(rs),
+        "gpus": sum(r["gpus"] for r in rs),
+        "mfu_mean": _mean([r["mfu_mean"] for r in rs if r["mfu_mean"] is not None]),
+        "sm_util_mean": _mean([r["sm_util_mean"] for r in rs if r["sm_util_mean"] is not None]),
+        "tensor_active_mean": _mean([r["tensor_active_mean"] for r in rs
+                                     if r["tensor_active_mean"] is not None]),
+        "precision": rs[0]["precision"],
+        "phase": rs[0]["phase"],
+    } for fam, rs in sorted(groups.items())]
     busy = [r["workload"] for r in rows if (r["sm_util_mean"] or 0) >= BUSY_SM
             and r["mfu_mean"] is not None and r["mfu_mean"] < LOW_MFU]
     by_type = Counter(e.get("type", "?") for e in collected.policy)
@@ -63,6 +83,7 @@ def summarize(collected: Any) -> dict[str, Any]:
         "fleet_gpus": max((f.get("gpus") or 0) for f in fleet) if fleet else 0,
         "window_starts": [f["window_start"] for f in fleet],
         "workloads": rows,
+        "families": families,
         "busy_but_inefficient": busy,
         "policy_events_by_type": dict(by_type),
         "drift_subjects": sorted({e.get("subject", "") for e in drift_events}),
@@ -76,7 +97,7 @@ def _chart(path: Path, collected: Any, t_ref: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 1, figsize=(12, 11), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(13, 11), sharex=True)
     fleet = collected.by_scope("fleet")
     ax = axes[0]
     xs = [f["window_start"] - t_ref for f in fleet]
@@ -90,17 +111,22 @@ def _chart(path: Path, collected: Any, t_ref: float) -> None:
     ax.legend(loc="upper right", fontsize=8)
     for ax, scope in ((axes[1], "workload"), (axes[2], "node")):
         series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        buckets: dict[tuple[str, float], list[float]] = defaultdict(list)
         for r in collected.by_scope(scope):
             if r.get("mfu") is not None:
-                series[r["key"]].append((r["window_start"] - t_ref, r["mfu"]))
+                name = archetype(r["key"]) if scope == "workload" else r["key"]
+                buckets[(name, r["window_start"] - t_ref)].append(r["mfu"])
+        for (name, x), vals in sorted(buckets.items()):
+            series[name].append((x, statistics.fmean(vals)))
         for key, pts in sorted(series.items()):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1,
                     label=key if scope == "workload" else None)
-        ax.set_title(f"MFU per {scope}")
+        ax.set_title("MFU per workload family (mean over its jobs)" if scope == "workload"
+                     else "MFU per node")
         ax.set_ylabel("MFU")
         ax.set_ylim(0, max(0.7, *(p[1] for pts in series.values() for p in pts)) if series else 1)
         if scope == "workload" and series:
-            ax.legend(loc="upper right", fontsize=6, ncol=3)
+            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     # Policy events: marks on the workload panel, drift annotated.
     seen: set[str] = set()
     for e in collected.policy:
@@ -154,13 +180,18 @@ def write_report(out: Path, collected: Any, *, sim_started: float, fleet: str,
         f"  MFU over all installed GPUs               {_pct(s['fleet_mfu_mean'])}",
         f"  MFU over allocated GPUs                   {_pct(s['fleet_mfu_allocated_mean'])}",
         "",
-        "Tenant view (workloads)       mean MFU  first   last   SM busy tensor GPUs precision phase",
+        "Tenant view, by workload family  jobs GPUs  mean MFU  SM busy  tensor  precision phase",
     ]
-    for r in s["workloads"]:
+    for f in s["families"]:
+        lines.append(f"  {f['family'][:30]:<30} {f['workloads']:>4} {f['gpus']:>4}   "
+                     f"{_pct(f['mfu_mean'])}   {_pct(f['sm_util_mean'])}  "
+                     f"{_pct(f['tensor_active_mean'])}  {f['precision'] or '-':<9} {f['phase'] or '-'}")
+    lines += ["", "Lowest-MFU workloads            mean MFU  first   last   SM busy GPUs"]
+    worst = sorted((r for r in s["workloads"] if r["mfu_mean"] is not None),
+                   key=lambda r: r["mfu_mean"])[:10]
+    for r in worst:
         lines.append(f"  {r['workload'][:28]:<28} {_pct(r['mfu_mean'])}  {_pct(r['mfu_first'])} "
-                     f"{_pct(r['mfu_last'])}  {_pct(r['sm_util_mean'])} "
-                     f"{_pct(r['tensor_active_mean'])} {r['gpus']:>4} {r['precision'] or '-':<9} "
-                     f"{r['phase'] or '-'}")
+                     f"{_pct(r['mfu_last'])}  {_pct(r['sm_util_mean'])} {r['gpus']:>4}")
     lines += [
         "",
         f"Busy but inefficient (SM busy >= {BUSY_SM:.0%}, MFU < {LOW_MFU:.0%}): "
