@@ -322,8 +322,13 @@ def build_app(
     kafka = kafka or KafkaSettings()
     windows = windows or WindowSettings()
     influx = influx or InfluxSettings()
+    # stream_wait_empty=False: events of open windows stay un-acked on purpose (they are
+    # acked when their window is durably written), so Faust's default wait for every
+    # in-flight event to be acked before a rebalance or shutdown would never finish. The
+    # next owner replays them from the committed offset instead.
     app = make_app(settings.app_id, kafka, partitions=kafka.partitions,
-                   stream_buffer_maxsize=32768, broker_commit_livelock_soft_timeout=600.0)
+                   stream_buffer_maxsize=32768, broker_commit_livelock_soft_timeout=600.0,
+                   stream_wait_empty=False)
     rt = Runtime(app, settings, kafka, windows, influx)
 
     @app.agent(rt.inputs, name="node-stage")
