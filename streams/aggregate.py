@@ -243,9 +243,16 @@ class NodeWindow:
         fleet_p.allocated_gpus = len(allocated)
         fleet_p.allocated_seconds = sum(self.gpus[u].seconds for u in allocated)
         fleet_p.allocated_peak_flops = sum(peaks.get(u, 0.0) for u in allocated)
-        fleet_p.allocated_flops = sum(flops_by_gpu.get(u, 0.0) for u in allocated)
+        # MFU ratios pair FLOPs and peak of the same GPUs: those with a known peak.
+        fleet_p.allocated_flops = sum(flops_by_gpu.get(u, 0.0) for u in allocated if u in peaks)
 
         node_rec = finalize(fleet_p, scope="node", key=self.node, fleet=fleet)
+        if unknown:
+            # The node record keeps every FLOP it did (its MFU is null); the fleet's MFU is
+            # stated over GPUs with a known peak, so their FLOPs alone go to the roll-up,
+            # or one unknown GPU would inflate fleet MFU (even above 1).
+            fleet_p.achieved_flops = sum(f for u, f in flops_by_gpu.items() if u in peaks)
+            fleet_p.hardware_flops = sum(f for u, f in hw_by_gpu.items() if u in peaks)
         partials = [fleet_p]
         partials.extend(self._workload_partials(peaks, unknown))
         return node_rec, partials
@@ -396,7 +403,8 @@ def finalize(p: Partial, *, scope: str, key: str, fleet: str, nodes: int | None 
         updates.update(
             allocated_gpus=p.allocated_gpus,
             allocation=_clamp01(_ratio(p.allocated_seconds, total)),
-            mfu_allocated=_ratio(p.allocated_flops, p.allocated_peak_flops),
+            mfu_allocated=(_ratio(p.allocated_flops, p.allocated_peak_flops)
+                           if scope == "fleet" or not p.unknown else None),
         )
     if scope == "workload":
         updates.update(
