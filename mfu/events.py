@@ -293,19 +293,18 @@ def _validate_one(model: type[E], obj: Any) -> E | Rejected:
         return _reject(obj, f"invalid {model.SCHEMA}: {describe_validation_error(exc)}")
 
 
-def _reject_non_finite(token: str) -> float:
-    raise ValueError(f"non-finite number {token} is not allowed")
 
 
 def parse_events(raw: bytes | str, model: type[E]) -> tuple[list[E], list[Rejected]]:
     """Decode one Kafka value holding a ``model`` event or a ``batch/1`` of them.
 
     Returns the valid events and one :class:`Rejected` per bad one; never raises on bad
-    input. JSON's non-standard ``NaN``/``Infinity`` tokens are refused outright.
+    input. JSON's non-standard ``NaN``/``Infinity`` tokens decode, so that validation
+    refuses them naming the field (the models do not allow non-finite numbers).
     """
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
-        obj = json.loads(text, parse_constant=_reject_non_finite)
+        obj = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         original = raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) else raw
         return [], [Rejected(original=original, reason=f"not valid JSON: {exc}")]
