@@ -144,7 +144,7 @@ class CusumParams(_Strict):
 
     method: Literal["cusum"]
     k: float = Field(0.5, gt=0.0, le=5.0)
-    h: float = Field(10.0, gt=0.0, le=100.0)
+    h: float = Field(12.0, gt=0.0, le=100.0)
     recover_h: float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")
@@ -658,10 +658,12 @@ def parse_rules(text: str, path: str = "<rules>") -> RulesConfig:
         for err in exc.errors(include_url=False):
             node, field = _node_for(root, tuple(err["loc"]))
             msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "value_error":
+            if err["type"] in ("value_error", "union_tag_invalid"):
                 # A cross-field check names its field first ("clear_above (0.3) must
-                # be ..."): point at that field's line.
+                # be ..."), a bad tag its discriminator: point at that field's line.
                 first = msg.split(" ", 1)[0].strip("'\"")
+                if err["type"] == "union_tag_invalid":
+                    first = str(err.get("ctx", {}).get("discriminator", "")).strip("'")
                 child = _mapping_get(node, first)
                 if child is not None:
                     node, field = child, f"{field}.{first}"
