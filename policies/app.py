@@ -1,0 +1,112 @@
+"""Faust adapter of the rules stage: Kafka in, engine, Kafka out. No rule logic here.
+
+One agent per input topic (``mfu.workload.v1``, ``mfu.node.v1``, ``mfu.fleet.v1``), each
+with its own changelogged table ``state-<scope>`` keyed by subject. A table write goes to
+the changelog partition of the record being processed, so a subject's state lives in the
+partition its windows arrive on (the input is keyed by the scope key) and moves with it
+on a rebalance. The state is written once per processed window (the engine's
+``last_window_start`` marker must be durable for redeliveries to be recognised), never
+per rule or per event.
+
+Delivery is at least once: a decision's CloudEvent is sent before the state that records
+it, so a crash in between re-sends the same event with the same deterministic ``id``
+rather than losing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterable
+from typing import Any
+
+import faust
+
+from mfu.config import KafkaSettings
+from mfu.events import MfuWindow, parse_events
+from policies.cloudevents import subject_of
+from policies.reload import RulesSource
+from policies.settings import PolicySettings
+from streams.faustapp import make_app
+
+log = logging.getLogger("mfu.policies")
+
+
+def build_app(
+    settings: PolicySettings, kafka: KafkaSettings, rules: RulesSource | None = None
+) -> faust.App:
+    """The policies Faust app (not started). ``rules`` defaults to the settings' file."""
+    rules = rules or RulesSource(settings.rules_file, settings.source)
+    app = make_app(
+        settings.app_id, kafka, partitions=settings.partitions, data_dir=settings.data_dir
+    )
+    out = app.topic(settings.policy_topic, partitions=settings.partitions)
+    declared = False
+
+    async def ensure_output_topic() -> None:
+        # Create the output topic (if missing) before the first send: brokers may not
+        # auto-create topics.
+        nonlocal declared
+        if not declared:
+            await out.maybe_declare()
+            declared = True
+
+    async def handle(scope: str, table: Any, value: bytes) -> None:
+        windows, rejected = parse_events(value, MfuWindow)
+        for bad in rejected:
+            log.warning("event=input_rejected scope=%s reason=%r", scope, bad.reason)
+        for w in windows:
+            if w.scope != scope:
+                log.warning(
+                    "event=wrong_scope topic_scope=%s record_scope=%s key=%s", scope, w.scope, w.key
+                )
+                continue
+            subject = subject_of(w.scope, w.key)
+            result = rules.engine.process(w, table.get(subject))
+            if result.duplicate:
+                log.debug(
+                    "event=duplicate_window subject=%s window_start=%s", subject, w.window_start
+                )
+                continue
+            if result.events:
+                await ensure_output_topic()
+            for ev in result.events:
+                await out.send(key=ev.subject.encode(), value=ev.to_json())
+                log.info(
+                    "event=policy_emitted type=%s subject=%s status=%s incident=%s",
+                    ev.type,
+                    ev.subject,
+                    ev.data.get("status"),
+                    ev.data.get("incident"),
+                )
+            if result.changed:
+                table[subject] = result.state
+
+    for scope, topic_name in settings.input_topics().items():
+        # Keys (subject strings) and values (state dicts) use the tables' default
+        # JSON serialisation.
+        table = app.Table(f"state-{scope}", default=None, partitions=settings.partitions)
+
+        async def agent(stream: AsyncIterable[bytes], scope: str = scope, table: Any = table):
+            async for value in stream:
+                await handle(scope, table, value)
+
+        app.agent(app.topic(topic_name), name=f"policies-{scope}")(agent)
+
+    @app.timer(interval=settings.reload_interval_s)
+    async def reload_rules() -> None:
+        rules.maybe_reload()
+
+    @app.task
+    async def reload_on_sighup() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, rules.maybe_reload, True)
+
+    return app
+
+
+def run_worker(settings: PolicySettings, kafka: KafkaSettings) -> None:
+    """Run the stage in this process until SIGTERM/SIGINT (does not return)."""
+    app = build_app(settings, kafka)
+    faust.Worker(app, loglevel=settings.loglevel).execute_from_commandline()
