@@ -87,6 +87,8 @@ class Runtime:
         self.writer = InfluxWriter(influx) if influx.enabled else None
         self.node: dict[int, _PartitionState] = {}
         self.rollup: dict[int, _PartitionState] = {}
+        # The node-stage agent and the idle timer share per-partition state: one at a time.
+        self.node_lock = asyncio.Lock()
         self.counters: dict[str, int] = {"events": 0, "deadletter": 0, "late": 0,
                                          "duplicates": 0, "records": 0}
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -193,8 +195,19 @@ class Runtime:
         return [await self.partials.send(value=value, partition=i)
                 for i in range(self.n_partitions)]
 
+    def _pause_idle_clocks(self, seconds: float) -> None:
+        """While the node stage waits on its outputs (Kafka acks, an InfluxDB write that
+        retries through an outage) it consumes nothing: that time must not count as its
+        inputs being quiet, or the idle timeout would close windows half-filled."""
+        for st in self.node.values():
+            st.last_input_wall += seconds
+            last_seen = st.stage.last_seen
+            for topic in last_seen:
+                last_seen[topic] += seconds
+
     async def close_node_windows(self, partition: int, st: _PartitionState,
                                  starts: list[float], idle: bool = False) -> None:
+        started = time.monotonic()
         stage: NodeStage = st.stage
         closed = [stage.close(ws) for ws in starts]
         futs = await self._publish(closed)
@@ -202,6 +215,7 @@ class Runtime:
         await asyncio.gather(*futs)
         await self._persist("node", partition, st)
         self._ack_through(st, starts[-1] if starts else NEG_INF)
+        self._pause_idle_clocks(time.monotonic() - started)
 
     async def close_rollup_windows(self, partition: int, st: _PartitionState,
                                    starts: list[float]) -> None:
@@ -215,6 +229,10 @@ class Runtime:
     # --- input -------------------------------------------------------------------
 
     async def on_input(self, event: Any) -> None:
+        async with self.node_lock:
+            await self._on_input(event)
+
+    async def _on_input(self, event: Any) -> None:
         message = event.message
         st = self.node_state(message.partition)
         now = st.last_input_wall = time.monotonic()
@@ -284,6 +302,12 @@ class Runtime:
 
     async def on_tick(self) -> None:
         """Close windows of partitions whose input stopped; tell the roll-up they are idle."""
+        if self.node_lock.locked():
+            return  # the agent is busy (maybe blocked on an output): not idle
+        async with self.node_lock:
+            await self._on_tick()
+
+    async def _on_tick(self) -> None:
         now = time.monotonic()
         try:
             assigned = self.app.assignor.assigned_actives()
