@@ -156,7 +156,7 @@ class Agent:
             while not stop.is_set():
                 delay = next_ts - self._clock()
                 if delay > 0:
-                    self.publisher.poll(min(delay, 0.25))
+                    self.publisher.poll(min(delay, 0.5))
                     continue
                 self.tick(next_ts)
                 next_ts += interval

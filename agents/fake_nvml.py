@@ -115,6 +115,8 @@ class FakeDevice:
 
     def check(self, function: str) -> None:
         """Raise what the recorded document says this call raises."""
+        if self.nvml.clock is not None:
+            self.nvml.follow_clock()
         if self.lost:
             raise NVMLError(NVML_ERROR_GPU_IS_LOST)
         if not self.nvml.initialized:
@@ -136,7 +138,13 @@ class FakeNvml:
     NVMLError = NVMLError
     c_nvmlGpmMetricsGet_t = c_nvmlGpmMetricsGet_t
 
-    def __init__(self, doc: dict[str, Any], *, start_us: int = 1_700_000_000_000_000) -> None:
+    def __init__(self, doc: dict[str, Any], *, start_us: int = 1_700_000_000_000_000,
+                 clock: Any = None) -> None:
+        """``clock``: optional wall clock (e.g. ``time.time``); the fake then follows it
+        on its own instead of waiting for :meth:`advance` (for paced benchmarks)."""
+        self.clock = clock
+        if clock is not None:
+            start_us = int(clock() * 1e6)
         self.doc = copy.deepcopy(doc)
         self.initialized = False
         self.init_calls = 0
@@ -166,6 +174,11 @@ class FakeNvml:
             self._record_util_samples(t)
             t += _UTIL_PERIOD_US
         self.now_us = end_us
+
+    def follow_clock(self) -> None:
+        behind = self.clock() - self.now_us / 1e6
+        if behind > 0.01:
+            self.advance(behind)
 
     def _all_devices(self) -> list[FakeDevice]:
         out = []

@@ -168,7 +168,7 @@ class IntakeServer:
             os.chmod(path, 0o666)
         else:
             self._sock.bind(self._addr)
-        self._sock.settimeout(0.2)
+        self._sock.settimeout(1.0)  # wakes to check for shutdown; datagrams wake it at once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mfu-intake", daemon=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -69,7 +70,9 @@ class FakeProducer:
     def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Callable) -> None:
         self.queue.append((on_delivery, Msg(topic, value, key)))
 
-    def poll(self, _timeout: float = 0.0) -> int:
+    def poll(self, timeout: float = 0.0) -> int:
+        if timeout > 0 and not self.queue:
+            time.sleep(min(timeout, 0.05))  # blocks like librdkafka's poll (shorter)
         if self.broker.up:
             queue, self.queue = self.queue, []
             for cb, msg in queue:
