@@ -80,8 +80,7 @@ def build_app(
                     ev.data.get("status"),
                     ev.data.get("incident"),
                 )
-            if result.changed:
-                table[subject] = result.state
+            table[subject] = result.state
 
     for scope, topic_name in settings.input_topics().items():
         # Keys (subject strings) and values (state dicts) use the tables' default

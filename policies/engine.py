@@ -28,12 +28,11 @@ DEFAULT_SOURCE = "/mfu/policies"
 
 @dataclass
 class Result:
-    """Outcome of one window: the state to store (``changed`` says whether to write it)
-    and the events to emit, in order."""
+    """Outcome of one window: the state to store and the events to emit, in order. A
+    ``duplicate`` window changed nothing: there is nothing to store or emit."""
 
     state: dict[str, Any]
     events: list[CloudEvent] = field(default_factory=list)
-    changed: bool = True
     duplicate: bool = False
 
 
@@ -58,7 +57,7 @@ class Engine:
         old_rules: dict[str, Any] = (state or {}).get("rules", {})
         last = (state or {}).get("last_window_start")
         if last is not None and w.window_start <= last:
-            return Result(state=state or {}, changed=False, duplicate=True)
+            return Result(state=state or {}, duplicate=True)
         subject = subject_of(w.scope, w.key)
         rules: dict[str, Any] = {}
         events: list[CloudEvent] = []

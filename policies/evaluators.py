@@ -109,8 +109,6 @@ class Assessment:
 
 
 class EpisodeEvaluator(Evaluator):
-    event_default: ClassVar[str] = ""
-
     def assess(self, w: MfuWindow, state: Any) -> Assessment | None:
         raise NotImplementedError
 
@@ -119,7 +117,7 @@ class EpisodeEvaluator(Evaluator):
         return {}
 
     def event_name(self, state: Episode) -> str:
-        return str(state.facts.get("event") or getattr(self.rule, "event", self.event_default))
+        return str(state.facts.get("event") or self.rule.event)
 
     def summary(
         self, a: Assessment, mean: float, n: int, opened: bool, facts: dict[str, Any]

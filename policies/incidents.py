@@ -5,8 +5,8 @@ Per entity and rule, an :class:`Episode` counts consecutive windows:
     closed --(bad for for_windows, outside cooldown)--> open    emits "open"
     open   --(good for clear_windows)----------------> closed  emits "resolved"
 
-A window for which the rule has no data (``bad is None``) neither counts nor breaks a
-streak. The cooldown is event time: no incident opens in a window starting before
+A window for which a rule has no data is not passed in at all: it neither counts nor
+breaks a streak. The cooldown is event time: no incident opens in a window starting before
 ``resolved_end + cooldown_s``. An incident's id is derived from rule, subject and the
 first window of its evidence, so a replay names the same incident.
 """
@@ -14,11 +14,10 @@ first window of its evidence, so a replay names the same incident.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 Transition = Literal["open", "resolved"]
-S = TypeVar("S", bound="Episode")
 
 
 def incident_id(rule_id: str, subject: str, first_window_start: float) -> str:
@@ -43,20 +42,12 @@ class Episode:
     # resolution so both events agree.
     facts: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls: type[S], data: dict[str, Any] | None) -> S:
-        """Rebuild from stored state; unknown keys (an older or newer layout) are dropped."""
-        if not data:
-            return cls()
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
     def step(
         self,
         window_start: float,
         window_end: float,
-        bad: bool | None,
-        good: bool | None,
+        bad: bool,
+        good: bool,
         value: float | None,
         *,
         for_windows: int,
@@ -68,8 +59,6 @@ class Episode:
         """Advance by one window. ``bad``: the open condition holds; ``good``: the clear
         condition holds (both may be False inside a hysteresis band); ``value``: the
         observed number averaged over the streak (``streak_mean``)."""
-        if bad is None or good is None:
-            return None
         counts = good if self.open else bad
         if not counts:
             self.streak, self.streak_start, self.streak_sum = 0, None, 0.0
