@@ -140,25 +140,43 @@ class Agent:
         )
 
     # -- the loop ----------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> int:
-        """Run until ``stop`` is set; returns an exit code."""
+    def start(self) -> None:
+        """Initialize NVML, bind the intake socket and the metrics port.
+
+        Raises the NVML error when NVML cannot start (not a GPU host) and ``OSError``
+        when the socket or port cannot be bound."""
         s = self.settings
-        interval = s.interval_s
-        now = self._clock()
-        self.collector.start(now)
-        log.info("agent_started node=%s gpus=%d socket=%s bootstrap=%s spool=%s",
-                 s.node, len(self.collector.devices), s.socket, s.kafka.bootstrap, s.spool_dir)
-        self.intake_server = IntakeServer(self.intake, s.socket, self.on_report).start()
-        self.metrics_server = MetricsServer(make_registry(self.stats_collector()), self.health,
-                                            host=s.metrics_host, port=s.metrics_port).start()
-        next_ts = math.floor(now / interval) * interval + interval
+        try:
+            self.collector.start(self._clock())
+            self.intake_server = IntakeServer(self.intake, s.socket, self.on_report).start()
+            self.metrics_server = MetricsServer(
+                make_registry(self.stats_collector()), self.health,
+                host=s.metrics_host, port=s.metrics_port).start()
+        except BaseException:
+            self.shutdown()
+            raise
+        log.info("agent_started node=%s gpus=%d socket=%s metrics_port=%d bootstrap=%s "
+                 "spool=%s", s.node, len(self.collector.devices), s.socket,
+                 self.metrics_server.port, s.kafka.bootstrap, s.spool_dir)
+
+    def run(self, stop: threading.Event) -> int:
+        """Run until ``stop`` is set (calls :meth:`start` first if needed); returns an
+        exit code."""
+        if self.intake_server is None:
+            self.start()
+        interval = self.settings.interval_s
+        next_ts = math.floor(self._clock() / interval) * interval + interval
         try:
             while not stop.is_set():
                 delay = next_ts - self._clock()
                 if delay > 0:
                     self.publisher.poll(min(delay, 0.5))
                     continue
-                self.tick(next_ts)
+                try:
+                    self.tick(next_ts)
+                except Exception:  # a bug in one interval must not end the agent
+                    self.stats[("tick_errors",)] += 1
+                    log.exception("agent_tick_failed ts=%.3f", next_ts)
                 next_ts += interval
                 behind = self._clock() - next_ts
                 if behind > interval:  # stalled: skip the missed intervals, say so

@@ -182,6 +182,7 @@ class NvmlCollector:
         self._discover_at = 0.0
         # pid -> device uuid from the latest collect (for FLOP reports without a GPU id)
         self.pid_to_uuid: dict[int, str] = {}
+        self._pids: dict[int, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -448,7 +449,7 @@ class NvmlCollector:
         if procs:
             pids = [p.pid for p in procs]
             for pid in pids:
-                self.pid_to_uuid[pid] = dev.info.uuid
+                self._pids[pid] = dev.info.uuid
             if self.attributor is not None:
                 workloads = self.attributor.workloads(pids)
 
@@ -499,7 +500,7 @@ class NvmlCollector:
         self._last_ts = ts
         if (not self._initialized or ts >= self._discover_at) and not self._rediscover(ts):
             return []
-        self.pid_to_uuid = {}
+        self._pids = {}
         samples: list[GpuSample] = []
         lost: list[_Device] = []
         for dev in self._devices:
@@ -521,8 +522,9 @@ class NvmlCollector:
                 self._free_gpm(dev)
             self._devices = [d for d in self._devices if d not in lost]
             self._discover_at = min(self._discover_at, ts + self.lost_retry_s)
+        self.pid_to_uuid = self._pids  # one assignment: the intake thread reads it
         if self.attributor is not None:
-            self.attributor.prune(self.pid_to_uuid.keys())
+            self.attributor.prune(self._pids.keys())
         self.stats[("samples",)] += len(samples)
         return samples
 

@@ -22,7 +22,8 @@ datagram to the agent: a Unix datagram socket (``$MFU_AGENT_SOCKET``, default
 ``/run/mfu/agent.sock``) or ``udp://127.0.0.1:PORT``. Sending uses ``MSG_DONTWAIT``:
 when the agent is down or its socket buffer is full the report is dropped and counted
 in ``reporter.stats``; nothing the SDK does raises into the caller's loop after
-construction (bad arguments to the constructor do raise).
+construction (bad arguments to the constructor do raise). What is accumulated when the
+process exits is flushed then (``atexit``); call :meth:`FlopReporter.close` to do it sooner.
 
 Intake contract (see :mod:`agents.intake`): the SDK omits ``node`` (the agent stamps
 it). ``gpu_uuid`` is sent when known (argument, or a ``GPU-``/``MIG-`` entry of
@@ -40,11 +41,13 @@ Import cost is the standard library only (torch and ``mfu.flops`` load on demand
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
 import socket
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -191,6 +194,7 @@ class FlopReporter:
         self._sock: socket.socket | None = None
 
         self.stats: Counter[str] = Counter()
+        atexit.register(_flush_at_exit, weakref.ref(self))  # the last partial interval
         self._start = clock()
         self._flops = 0.0
         self._hw_flops = 0.0
@@ -316,6 +320,12 @@ class FlopReporter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _flush_at_exit(ref: weakref.ref[FlopReporter]) -> None:
+    reporter = ref()
+    if reporter is not None:
+        reporter.flush()
 
 
 def measure_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "required with --fast)")
     s.add_argument("--interval-s", type=float, default=1.0)
     s.add_argument("--start-ts", type=float, help="epoch seconds the run starts at "
-                   "(default: now, rounded down to the interval)")
+                   "(default: now with --realtime; now - duration with --fast, so the run "
+                   "ends now)")
     s.add_argument("--drift-at-s", type=float, help="seconds after start when the drift starts")
     s.add_argument("--drift-workload", help="workload that drifts (default: the LLM training job)")
     s.add_argument("--drift-fraction", type=float, default=0.3,
@@ -131,10 +134,8 @@ def run_agent(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CLIError(f"cannot open the spool at {settings.spool_dir}: {exc.strerror}; "
                        "pass --spool-dir to a writable directory") from None
-    stop = threading.Event()
-    install_signal_handlers(stop)
     try:
-        return agent.run(stop)
+        agent.start()
     except OSError as exc:
         raise CLIError(f"cannot open the intake socket {settings.socket} or the metrics port "
                        f"{settings.metrics_port}: {exc}; pass --socket / --metrics-port") from None
@@ -143,6 +144,9 @@ def run_agent(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot initialize NVML ({exc}): is this a GPU host with the NVIDIA "
                            "driver? To try the pipeline without GPUs run `mfu simulate`") from None
         raise
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return agent.run(stop)
 
 
 # --------------------------------------------------------------------------- simulate
@@ -172,10 +176,15 @@ def run_simulate(args: argparse.Namespace) -> int:
     if not args.realtime and args.duration_s is None:
         raise CLIError("--fast needs --duration-s (how much event time to simulate)")
     models = [m.strip() for m in args.gpu_models.split(",") if m.strip()]
+    start_ts = args.start_ts
+    if start_ts is None and not args.realtime:
+        # end the synthetic run now: stream workers refuse events from the far future
+        now = time.time() - args.duration_s
+        start_ts = math.floor(now / args.interval_s) * args.interval_s
     try:
         sim = FleetSimulator(
             args.nodes, args.gpus_per_node, models, seed=args.seed, interval_s=args.interval_s,
-            start_ts=args.start_ts, drift_workload=args.drift_workload,
+            start_ts=start_ts, drift_workload=args.drift_workload,
             drift_at_s=args.drift_at_s, drift_fraction=args.drift_fraction)
     except (ValueError, LookupError) as exc:
         raise CLIError(str(exc)) from None

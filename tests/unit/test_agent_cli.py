@@ -61,3 +61,27 @@ def test_bench_missing_module_is_a_user_error(monkeypatch, capsys) -> None:
     args = type("A", (), {"target": "ghost", "args": []})()
     with pytest.raises(bench_cli.CLIError, match="not available"):
         bench_cli.run(args)
+
+
+def test_agent_without_nvml_is_a_user_error(monkeypatch, tmp_path, capsys) -> None:
+    from agents import nvml
+    from agents.fake_nvml import FakeNvml
+
+    monkeypatch.setattr(nvml, "_load_pynvml",
+                        lambda: FakeNvml({"devices": [], "driver_not_loaded": True}))
+    argv = ["agent", "--socket", str(tmp_path / "a.sock"), "--spool-dir",
+            str(tmp_path / "spool"), "--metrics-port", "0", "--bootstrap", "127.0.0.1:9"]
+    assert main(argv) == 2
+    assert "cannot initialize NVML" in capsys.readouterr().err
+
+
+def test_agent_socket_that_cannot_be_bound_is_a_user_error(monkeypatch, tmp_path, capsys) -> None:
+    from agents import nvml
+    from agents.fake_nvml import FakeNvml, node_document
+
+    monkeypatch.setattr(nvml, "_load_pynvml", lambda: FakeNvml(node_document(1)))
+    (tmp_path / "file").write_text("not a directory")
+    argv = ["agent", "--socket", str(tmp_path / "file" / "a.sock"), "--spool-dir",
+            str(tmp_path / "spool"), "--metrics-port", "0", "--bootstrap", "127.0.0.1:9"]
+    assert main(argv) == 2
+    assert "--socket" in capsys.readouterr().err

@@ -109,6 +109,30 @@ def test_shutdown_spools_what_kafka_did_not_take(tmp_path: Path) -> None:
     assert len(agent.spool) >= 3  # every interval is on disk for the next start
 
 
+def test_a_failing_interval_does_not_end_the_agent(tmp_path: Path) -> None:
+    agent = Agent(settings(tmp_path), nvml=FakeNvml(node_document(1)),
+                  producer_factory=FakeBroker().factory)
+    real_collect = agent.collector.collect
+    calls = []
+
+    def collect(ts: float):
+        calls.append(ts)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real_collect(ts)
+
+    agent.collector.collect = collect  # type: ignore[method-assign]
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run, args=(stop,))
+    runner.start()
+    try:
+        wait_for(lambda: agent.stats[("ticks",)] >= 2)
+    finally:
+        stop.set()
+        runner.join(10)
+    assert agent.stats[("tick_errors",)] == 1
+
+
 def test_settings_precedence_flags_env_file(tmp_path: Path, monkeypatch) -> None:
     conf = tmp_path / "agent.yaml"
     conf.write_text("interval_s: 5\nnode: from-file\nspool_max_bytes: 1000000\n"
