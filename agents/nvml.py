@@ -223,18 +223,22 @@ class NvmlCollector:
         nvml = self.nvml
         known = {d.info.uuid: d for d in self._devices}
         found: list[_Device] = []
-        lost_any = False
+        retry_soon = False
         for index in range(nvml.nvmlDeviceGetCount()):
             try:
                 found.extend(self._discover_gpu(index, known))
             except (nvml.NVMLError, _GpuLost) as exc:
                 code = exc.code if isinstance(exc, _GpuLost) else exc.value
+                if code in _REINIT:
+                    raise
+                retry_soon = True
                 if code in _LOST:
-                    lost_any = True
                     self.stats[("gpu_lost_at_discovery",)] += 1
                     log.warning("gpu_lost index=%d error=%s", index, _error_name(code))
                     continue
-                raise
+                # another error on this GPU: keep sampling what we knew of it
+                self.stats[("discovery_errors", _error_name(code))] += 1
+                found.extend(d for d in self._devices if d.info.index == index)
         for dev in known.values():
             if all(dev is not d for d in found):
                 self._free_gpm(dev)
@@ -243,7 +247,7 @@ class NvmlCollector:
                      ",".join(f"{d.info.index}:{d.info.mig_profile or 'full'}" for d in found))
         self._devices = found
         # a lost GPU may come back after a reset: look again soon
-        self._discover_at = ts + (self.lost_retry_s if lost_any else self.rediscover_s)
+        self._discover_at = ts + (self.lost_retry_s if retry_soon else self.rediscover_s)
 
     def _discover_gpu(self, index: int, known: dict[str, _Device]) -> list[_Device]:
         nvml = self.nvml
@@ -498,8 +502,9 @@ class NvmlCollector:
         interval_s = ts - last if last is not None and 0 < ts - last <= MAX_INTERVAL_S \
             else self.interval_s
         self._last_ts = ts
-        if (not self._initialized or ts >= self._discover_at) and not self._rediscover(ts):
-            return []
+        if ((not self._initialized or ts >= self._discover_at) and not self._rediscover(ts)
+                and not self._initialized):
+            return []  # NVML is down; with NVML up a failed re-discovery keeps the old GPUs
         self._pids = {}
         samples: list[GpuSample] = []
         lost: list[_Device] = []
@@ -533,6 +538,11 @@ class NvmlCollector:
         try:
             if not self._initialized:
                 self._init()
+                # handles and GPM samples of the old session are void after a re-init
+                for dev in self._devices:
+                    with contextlib.suppress(nvml.NVMLError, _GpuLost, _Reinit):
+                        self._free_gpm(dev)
+                self._devices = []
             self._discover(ts)
             return True
         except (nvml.NVMLError, _Reinit) as exc:

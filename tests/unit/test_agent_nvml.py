@@ -196,6 +196,16 @@ def test_lost_gpu_is_dropped_counted_and_rediscovered(tmp_path: Path) -> None:
     assert indexes == {0, 1}
 
 
+def test_error_during_rediscovery_keeps_sampling_the_gpu(tmp_path: Path) -> None:
+    nvml = fake("h100_sxm")
+    c = collector_for(nvml, tmp_path, rediscover_s=2.0)
+    step(nvml, c, T0 + 1)
+    nvml.devices[1].doc.setdefault("errors", {})["nvmlDeviceGetName"] = "TIMEOUT"
+    for k in range(2, 6):
+        assert [s.gpu_index for s in step(nvml, c, T0 + k)] == [0, 1]
+    assert c.stats[("discovery_errors", "timeout")] >= 1
+
+
 def test_driver_reinitialized_after_it_went_away(tmp_path: Path) -> None:
     nvml = fake("h100_sxm")
     c = collector_for(nvml, tmp_path, lost_retry_s=2.0)
