@@ -38,10 +38,9 @@ def build_app(
 ) -> faust.App:
     """The policies Faust app (not started). ``rules`` defaults to the settings' file."""
     rules = rules or RulesSource(settings.rules_file, settings.source)
-    app = make_app(
-        settings.app_id, kafka, partitions=settings.partitions, data_dir=settings.data_dir
-    )
-    out = app.topic(settings.policy_topic, partitions=settings.partitions)
+    partitions = settings.partitions or kafka.partitions
+    app = make_app(settings.app_id, kafka, partitions=partitions, data_dir=settings.data_dir)
+    out = app.topic(settings.policy_topic, partitions=partitions)
     declared = False
 
     async def ensure_output_topic() -> None:
@@ -85,7 +84,7 @@ def build_app(
     for scope, topic_name in settings.input_topics().items():
         # Keys (subject strings) and values (state dicts) use the tables' default
         # JSON serialisation.
-        table = app.Table(f"state-{scope}", default=None, partitions=settings.partitions)
+        table = app.Table(f"state-{scope}", default=None, partitions=partitions)
 
         async def agent(stream: AsyncIterable[bytes], scope: str = scope, table: Any = table):
             async for value in stream:

@@ -741,7 +741,7 @@ class CostEvaluator(Evaluator):
         period = math.floor(w.window_start / r.period_s) * r.period_s
         out: list[Emission] = []
         if state.period_start is not None and period > state.period_start and state.windows:
-            out.append(self.report(state))
+            out.append(self.report(state, subject))
             state.restart()
         if state.period_start is None or period > state.period_start:
             state.period_start = period
@@ -758,7 +758,7 @@ class CostEvaluator(Evaluator):
         state.last_end = w.window_end
         return out
 
-    def report(self, s: CostState) -> Emission:
+    def report(self, s: CostState, subject: str) -> Emission:
         """Cost (USD), effective PFLOP-hours (achieved FLOPs / 1e15 / 3600) and their
         ratio over one period."""
         r = self.rule
@@ -798,6 +798,7 @@ class CostEvaluator(Evaluator):
                 "period_start": start,
                 "period_s": r.period_s,
             },
+            incident=incident_id(r.id, subject, start),
             severity=r.severity if over else "info",
             window_start=start,
             window_end=start + r.period_s,

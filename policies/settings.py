@@ -27,8 +27,11 @@ class PolicySettings(BaseSettings):
     node_topic: str = topics.NODE
     fleet_topic: str = topics.FLEET
     policy_topic: str = topics.POLICY
-    partitions: int = Field(
-        8, ge=1, description="partition count of the input topics (tables are co-partitioned)"
+    partitions: int | None = Field(
+        None,
+        ge=1,
+        description="partition count of the input topics (tables are co-partitioned); "
+        "default: MFU_KAFKA_PARTITIONS, what the streams stage creates its outputs with",
     )
     source: str = Field(DEFAULT_SOURCE, description="CloudEvents source prefix")
     reload_interval_s: float = Field(

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mfu.events import CloudEvent, MfuWindow
 from policies.cloudevents import event_id, rfc3339
 from policies.engine import Engine
+from policies.incidents import incident_id
 from policies.rules import parse_rules
 
 T0 = 1_700_000_000.0
@@ -414,6 +415,7 @@ rules:
     assert e.data["severity"] == "warning"  # above max_usd_per_pflop_hour
     assert e.data["windows"]["period_start"] == T0 and e.data["windows"]["count"] == 10
     assert e.time == rfc3339(T0 + 100) and e.type == "io.mfu.cost.v1"
+    assert e.data["incident"] == incident_id("cost", "workload/job-a", T0)  # report id
 
 
 def test_cost_without_price_is_unpriced() -> None:
