@@ -7,6 +7,7 @@ MFU windows and reads the CloudEvents back from the policy topic.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -156,7 +157,7 @@ class PolicyReader:
 
 
 @pytest.fixture
-def stage(kafka_bootstrap: str, fresh_topic, tmp_path: Path):  # type: ignore[no-untyped-def]
+def stage(kafka_bootstrap: str, kafka_admin, fresh_topic, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Topics, a rules file, a producer, a policy-topic reader and a (not yet started)
     worker, all private to the test."""
     names = {
@@ -164,11 +165,12 @@ def stage(kafka_bootstrap: str, fresh_topic, tmp_path: Path):  # type: ignore[no
         for s in ("workload", "node", "fleet", "policy")
     }
     rules = tmp_path / "rules.yaml"
+    app_id = f"pol-test-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "MFU_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "MFU_POLICIES_APP_ID": f"pol-test-{uuid.uuid4().hex[:8]}",
+        "MFU_POLICIES_APP_ID": app_id,
         "MFU_POLICIES_WORKLOAD_TOPIC": names["workload"],
         "MFU_POLICIES_NODE_TOPIC": names["node"],
         "MFU_POLICIES_FLEET_TOPIC": names["fleet"],
@@ -192,6 +194,12 @@ def stage(kafka_bootstrap: str, fresh_topic, tmp_path: Path):  # type: ignore[no
     finally:
         worker.stop()
         reader.close()
+        # The worker's own topics (table changelogs, assignor): cleanup only.
+        leftovers = [t for t in kafka_admin.list_topics(timeout=10).topics if t.startswith(app_id)]
+        if leftovers:
+            for future in kafka_admin.delete_topics(leftovers, operation_timeout=30).values():
+                with contextlib.suppress(Exception):
+                    future.result(timeout=30)
 
 
 RESTART_RULES = """
