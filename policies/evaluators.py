@@ -593,10 +593,9 @@ class DriftEvaluator(Evaluator):
         p = r.detector
         det = _from_dict(Cusum if isinstance(p, CusumParams) else Ewma, state.detector)
         mu0, source = self.baseline(w, noise)
+        warmup = r.declared_warmup_windows if source == "declared" else r.warmup_windows
         sigma_est = (
-            r.sigma
-            if r.sigma is not None
-            else (noise.sigma if noise.ready(r.warmup_windows) else None)
+            r.sigma if r.sigma is not None else (noise.sigma if noise.ready(warmup) else None)
         )
         emissions: list[Emission] = []
         if mu0 is not None and sigma_est is not None:

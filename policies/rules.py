@@ -182,7 +182,8 @@ class DriftRule(RuleBase):
     while detection already runs after ``warmup_windows``); ``auto`` = declared when
     known, else learned. Noise sigma: ``sigma`` if given, else learned
     from the moving range of successive windows (robust to a level offset), floored at
-    ``min_sigma``. Shifts smaller than ``min_shift`` x baseline are not worth an alarm:
+    ``min_sigma``; detection starts after ``warmup_windows`` (learned baseline) or
+    ``declared_warmup_windows`` (declared baseline). Shifts smaller than ``min_shift`` x baseline are not worth an alarm:
     the detector's reference value grows to cover them when sigma is tiny."""
 
     kind: Literal["drift"]
@@ -190,6 +191,8 @@ class DriftRule(RuleBase):
     direction: Literal["down", "up", "both"] = "down"
     detector: DetectorParams = Field(default_factory=lambda: CusumParams(method="cusum"))
     warmup_windows: Windows = 20
+    # With a declared baseline only the noise must be learned: fewer windows will do.
+    declared_warmup_windows: Windows = 5
     baseline_windows: Windows = 200
     sigma: float | None = Field(None, gt=0.0)
     min_sigma: float = Field(0.005, gt=0.0)
