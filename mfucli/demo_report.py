@@ -10,9 +10,18 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-# Busy but inefficient, as the report names it: SM busy at least this, MFU below that.
-BUSY_SM = 0.7
-LOW_MFU = 0.15
+
+def busy_thresholds() -> tuple[float, float]:
+    """(SM busy at least, MFU below): the rules stage's own busy-but-inefficient rule, so
+    the report and the policy events name workloads by the same definition."""
+
+    from policies.rules import DEFAULT_RULES_PATH, BusyInefficientRule, load_rules
+
+    path = os.environ.get("MFU_POLICIES_RULES_FILE") or DEFAULT_RULES_PATH
+    for rule in load_rules(path).rules:
+        if isinstance(rule, BusyInefficientRule):
+            return rule.sm_util_min, rule.mfu_max
+    return 0.8, 0.25
 
 
 def archetype(key: str) -> str:
@@ -67,8 +76,9 @@ def summarize(collected: Any) -> dict[str, Any]:
         "precision": rs[0]["precision"],
         "phase": rs[0]["phase"],
     } for fam, rs in sorted(groups.items())]
-    busy = [r["workload"] for r in rows if (r["sm_util_mean"] or 0) >= BUSY_SM
-            and r["mfu_mean"] is not None and r["mfu_mean"] < LOW_MFU]
+    busy_sm, low_mfu = busy_thresholds()
+    busy = [r["workload"] for r in rows if (r["sm_util_mean"] or 0) >= busy_sm
+            and r["mfu_mean"] is not None and r["mfu_mean"] < low_mfu]
     by_type = Counter(e.get("type", "?") for e in collected.policy)
     drift_events = [e for e in collected.policy if e.get("type") == "io.mfu.drift.v1"]
     busy_events = [e for e in collected.policy
@@ -85,6 +95,7 @@ def summarize(collected: Any) -> dict[str, Any]:
         "workloads": rows,
         "families": families,
         "busy_but_inefficient": busy,
+        "busy_thresholds": {"sm_util_min": busy_sm, "mfu_max": low_mfu},
         "policy_events_by_type": dict(by_type),
         "drift_subjects": sorted({e.get("subject", "") for e in drift_events}),
         "busy_inefficient_subjects": sorted({e.get("subject", "") for e in busy_events}),
@@ -131,7 +142,8 @@ def _chart(path: Path, collected: Any, t_ref: float) -> None:
     seen: set[str] = set()
     for e in collected.policy:
         data = e.get("data") or {}
-        t = data.get("window_end") or data.get("window_start")
+        windows = data.get("windows") or {}
+        t = windows.get("end") or windows.get("start")
         if t is None:
             continue
         x = float(t) - t_ref
@@ -194,7 +206,8 @@ def write_report(out: Path, collected: Any, *, sim_started: float, fleet: str,
                      f"{_pct(r['mfu_last'])}  {_pct(r['sm_util_mean'])} {r['gpus']:>4}")
     lines += [
         "",
-        f"Busy but inefficient (SM busy >= {BUSY_SM:.0%}, MFU < {LOW_MFU:.0%}): "
+        f"Busy but inefficient (mean SM busy >= {s['busy_thresholds']['sm_util_min']:.0%}, "
+        f"mean MFU < {s['busy_thresholds']['mfu_max']:.0%}): "
         + (", ".join(s["busy_but_inefficient"]) or "none"),
         "  flagged by the rules stage: " + (", ".join(s["busy_inefficient_subjects"]) or "none"),
         f"Drift detected (io.mfu.drift.v1; the drifting job degrades at +{drift_at_s:.0f} s): "
