@@ -29,9 +29,9 @@ MIG: when MIG mode is on, each MIG device is a sample (``gpu_uuid`` = its ``MIG-
 
 Errors: an NVML error on one field makes that field null and is counted in
 ``stats[("nvml_errors", field, error)]`` (a field NVML calls *not supported* is counted
-once and then not asked again). ``sm_util``/``mem_util`` are required by the
-``gpu_sample/1`` contract: where no source has them they are sent as 0.0 and counted as
-``("unavailable", field)``. A GPU that is lost (``GPU_IS_LOST``, ``RESET_REQUIRED``: Xid
+once and then not asked again). ``sm_util``/``mem_util`` are null where no source has
+them (A100 MIG slices) and counted as ``("unavailable", field)``: a made-up 0.0 would
+read as an idle GPU. A GPU that is lost (``GPU_IS_LOST``, ``RESET_REQUIRED``: Xid
 79, resets) is dropped from the sample set and counted; NVML is re-initialized and the
 GPUs re-discovered every ``rediscover_s`` until it is back.
 
@@ -467,8 +467,8 @@ class NvmlCollector:
             mig_profile=info.mig_profile,
             ts=ts,
             interval_s=interval_s,
-            sm_util=sm_util or 0.0,
-            mem_util=mem_util or 0.0,
+            sm_util=sm_util,
+            mem_util=mem_util,
             tensor_active=gpm.get(_GPM_TENSOR),
             sm_clock_mhz=sm_clock,
             max_sm_clock_mhz=dev.max_sm_clock_mhz,

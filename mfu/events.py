@@ -84,8 +84,8 @@ class GpuSample(Event):
     mig_profile: str | None = None
     ts: EpochSeconds
     interval_s: float = Field(gt=0.0, le=MAX_INTERVAL_S)
-    sm_util: Ratio
-    mem_util: Ratio
+    sm_util: Ratio | None
+    mem_util: Ratio | None
     tensor_active: Ratio | None = None
     sm_clock_mhz: NonNegative | None = None
     max_sm_clock_mhz: NonNegative | None = None

@@ -46,8 +46,9 @@ class GpuAcc:
     gpu_name: str = ""
     mig_profile: str | None = None
     seconds: float = 0.0  # telemetry coverage in the window, seconds
-    sm_util_s: float = 0.0  # Σ sm_util × seconds
+    sm_util_s: float = 0.0  # Σ sm_util × seconds where known
     mem_util_s: float = 0.0
+    util_seconds: float = 0.0  # seconds with a known sm_util (A100 MIG slices have none)
     tensor_s: float = 0.0  # Σ tensor_active × seconds where known
     tensor_seconds: float = 0.0
     mem_used_ratio_max: float | None = None
@@ -92,6 +93,7 @@ class Partial(BaseModel):
     gpus: int = 0
     sm_util_s: float = 0.0
     mem_util_s: float = 0.0
+    util_seconds: float = 0.0
     tensor_s: float = 0.0
     tensor_seconds: float = 0.0
     tokens: float = 0.0
@@ -158,8 +160,10 @@ class NodeWindow:
         if g is None:
             g = self.gpus[s.gpu_uuid] = GpuAcc(gpu_name=s.gpu_name, mig_profile=s.mig_profile)
         g.seconds += overlap_s
-        g.sm_util_s += s.sm_util * overlap_s
-        g.mem_util_s += s.mem_util * overlap_s
+        if s.sm_util is not None:
+            g.sm_util_s += s.sm_util * overlap_s
+            g.mem_util_s += (s.mem_util or 0.0) * overlap_s
+            g.util_seconds += overlap_s
         if s.tensor_active is not None:
             g.tensor_s += s.tensor_active * overlap_s
             g.tensor_seconds += overlap_s
@@ -268,6 +272,7 @@ class NodeWindow:
             p.gpu_seconds += g.seconds
             p.sm_util_s += g.sm_util_s
             p.mem_util_s += g.mem_util_s
+            p.util_seconds += g.util_seconds
             p.tensor_s += g.tensor_s
             p.tensor_seconds += g.tensor_seconds
             p.peak_flops += peaks.get(u, 0.0)
@@ -307,6 +312,7 @@ class NodeWindow:
                 p.gpu_seconds += secs
                 p.sm_util_s += g.sm_util_s * frac
                 p.mem_util_s += g.mem_util_s * frac
+                p.util_seconds += g.util_seconds * frac
                 p.tensor_s += g.tensor_s * frac
                 p.tensor_seconds += g.tensor_seconds * frac
                 p.peak_flops += peaks.get(u, 0.0) * frac
@@ -338,7 +344,7 @@ class NodeWindow:
 def merge(into: Partial, other: Partial) -> None:
     """Add ``other``'s sums into ``into`` (same scope, key and window)."""
     for name in ("achieved_flops", "hardware_flops", "peak_flops", "gpu_seconds", "gpus",
-                 "sm_util_s", "mem_util_s", "tensor_s", "tensor_seconds", "tokens",
+                 "sm_util_s", "mem_util_s", "util_seconds", "tensor_s", "tensor_seconds", "tokens",
                  "late_events", "duplicates", "allocated_gpus", "allocated_seconds",
                  "allocated_peak_flops", "allocated_flops"):
         setattr(into, name, getattr(into, name) + getattr(other, name))
@@ -386,8 +392,8 @@ def finalize(p: Partial, *, scope: str, key: str, fleet: str, nodes: int | None 
         peak_flops=p.peak_flops,
         gpu_seconds=p.gpu_seconds,
         gpus=p.gpus,
-        sm_util=_clamp01(_ratio(p.sm_util_s, total)),
-        mem_util=_clamp01(_ratio(p.mem_util_s, total)),
+        sm_util=_clamp01(_ratio(p.sm_util_s, p.util_seconds)),
+        mem_util=_clamp01(_ratio(p.mem_util_s, p.util_seconds)),
         tensor_active=_clamp01(_ratio(p.tensor_s, p.tensor_seconds)),
         precision=_dominant(p.precision_flops),  # type: ignore[arg-type]
         hfu=_ratio(p.hardware_flops, p.peak_flops) if p.hardware_flops > p.achieved_flops else None,
@@ -446,7 +452,7 @@ class RollupWindow:
                                             "precision_flops": {}, "gpu_models": {}},
                                     deep=True))
         for name in ("achieved_flops", "hardware_flops", "peak_flops", "gpu_seconds",
-                     "sm_util_s", "mem_util_s", "tensor_s", "tensor_seconds", "tokens",
+                     "sm_util_s", "mem_util_s", "util_seconds", "tensor_s", "tensor_seconds", "tokens",
                      "allocated_seconds", "allocated_peak_flops", "allocated_flops"):
             setattr(w.merged, name, 0.0)
         for name in ("gpus", "late_events", "duplicates", "allocated_gpus"):

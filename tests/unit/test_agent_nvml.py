@@ -128,8 +128,8 @@ def test_a100_mig_slices_are_samples_of_their_own(tmp_path: Path) -> None:
     assert big.power_w is None  # board power is not a slice's
     assert big.sm_clock_mhz == 1410  # the parent's clock
     assert big.workloads == ["svc-a"] and small.workloads == ["slurm-77"]
-    # A100 MIG has no utilization source at all: 0.0 on the wire, counted
-    assert big.sm_util == 0.0 and big.mem_util == 0.0
+    # A100 MIG has no utilization source at all: null on the wire, counted
+    assert big.sm_util is None and big.mem_util is None
     assert c.stats[("unavailable", "sm_util")] == 2
     assert [d.mig_profile for d in c.devices] == ["3g.40gb", "1g.10gb", None]
 
