@@ -73,6 +73,28 @@ class _PartitionState:
     last_input_wall: float = field(default_factory=time.monotonic)
     idle_announced_at: float = 0.0
     idle: bool = False  # told the roll-up this partition holds nothing back
+    # topic -> [first, last] offset this state has processed (to spot re-deliveries)
+    consumed: dict[str, list[int]] = field(default_factory=dict)
+
+    def redelivered(self, message: Any) -> bool:
+        """True if this state already holds ``message``. After a rebalance Faust seeks to
+        the committed offset once recovery is done, and may deliver again what it fetched
+        before: counting it twice would inflate ``duplicates`` (or, past a close, make
+        its pieces late)."""
+        offset = message.offset
+        seen = self.consumed.get(message.topic)
+        if seen is None:
+            self.consumed[message.topic] = [offset, offset]
+            return False
+        if seen[0] <= offset <= seen[1]:
+            return True
+        seen[0], seen[1] = min(seen[0], offset), max(seen[1], offset)
+        return False
+
+    def hold(self, event: Any) -> None:
+        """Keep a re-delivered event un-acked until every window now open has closed (its
+        first delivery, same offset, is acked no earlier)."""
+        self.pending.append((max(self.stage.open, default=NEG_INF), event))
 
 
 class Runtime:
@@ -234,7 +256,14 @@ class Runtime:
 
     async def _on_input(self, event: Any) -> None:
         message = event.message
+        if self.app.rebalancing:
+            # Tables may not be restored yet; Faust seeks back to the committed offset
+            # when recovery is done and delivers this event again (it stays un-acked).
+            return
         st = self.node_state(message.partition)
+        if st.redelivered(message):
+            st.hold(event)
+            return
         now = st.last_input_wall = time.monotonic()
         model = GpuSample if message.topic == self.s.telemetry_topic else FlopReport
         good, bad = parse_events(message.value, model)
@@ -277,7 +306,12 @@ class Runtime:
 
     async def on_partial(self, event: Any) -> None:
         message = event.message
+        if self.app.rebalancing:
+            return  # delivered again after recovery (see _on_input)
         st = self.rollup_state(message.partition)
+        if st.redelivered(message):
+            st.hold(event)
+            return
         st.last_input_wall = time.monotonic()
         try:
             obj = json.loads(message.value)
@@ -308,6 +342,8 @@ class Runtime:
             await self._on_tick()
 
     async def _on_tick(self) -> None:
+        if self.app.rebalancing:
+            return  # the progress table may not be restored yet: create no state now
         now = time.monotonic()
         try:
             assigned = self.app.assignor.assigned_actives()
