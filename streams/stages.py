@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -149,21 +150,96 @@ class NodeStage(_Base):
         """Account one valid event from input ``topic``."""
         replay = self._seen_offset(topic, offset)
         if now is not None:
-            if now - self.last_seen.get(topic, NEG_INF) >= self.idle_timeout_s:
-                # This input resumes after a quiet spell: give the others a fresh timeout to
-                # resume too before they stop counting, or it would race ahead of them.
-                for t in self.inputs:
-                    self.last_seen[t] = max(self.last_seen.get(t, NEG_INF), now)
-            self.last_seen[topic] = now
+            self._touch(topic, now)
         d = Disposition()
-        if isinstance(event, GpuSample):
-            start, end = event.ts - event.interval_s, event.ts
-            self.registry[event.gpu_uuid] = (event.gpu_name, event.mig_profile)
+        sample = isinstance(event, GpuSample)
+        end = self._place(event, sample, replay, d)
+        if d.late:
+            self._count_late(event, sample)
+        if end > self.progress.watermarks.get(topic, NEG_INF):
+            self.progress.watermarks[topic] = end
+        return d
+
+    def add_many(
+        self,
+        events: list[GpuSample] | list[FlopReport],
+        *,
+        topic: str = "",
+        offset: int | None = None,
+        now: float | None = None,
+    ) -> tuple[float | None, list[GpuSample | FlopReport], int]:
+        """Account the valid events of one input message (all of one type, from
+        ``topic``): the same as :meth:`add` on each, with the per-message work done once.
+
+        Returns the last window any of them counts in, the late ones, and how many were
+        duplicates.
+        """
+        replay = self._seen_offset(topic, offset)
+        if now is not None:
+            self._touch(topic, now)
+        max_window: float | None = None
+        late: list[GpuSample | FlopReport] = []
+        duplicates = 0
+        wm = self.progress.watermarks.get(topic, NEG_INF)
+        place = self._place
+        d = Disposition()
+        for event in events:
+            sample = isinstance(event, GpuSample)
+            d.max_window, d.late, d.duplicate, d.skipped_replay = None, False, False, False
+            end = place(event, sample, replay, d)
+            if d.max_window is not None and (max_window is None or d.max_window > max_window):
+                max_window = d.max_window
+            if d.late:
+                late.append(event)
+                self._count_late(event, sample)
+            if d.duplicate:
+                duplicates += 1
+            if end > wm:
+                wm = end
+        if events:
+            self.progress.watermarks[topic] = wm
+        return max_window, late, duplicates
+
+    def _touch(self, topic: str, now: float) -> None:
+        if now - self.last_seen.get(topic, NEG_INF) >= self.idle_timeout_s:
+            # This input resumes after a quiet spell: give the others a fresh timeout to
+            # resume too before they stop counting, or it would race ahead of them.
+            for t in self.inputs:
+                self.last_seen[t] = max(self.last_seen.get(t, NEG_INF), now)
+        self.last_seen[topic] = now
+
+    def _count_late(self, event: GpuSample | FlopReport, sample: bool) -> None:
+        self.pending_late[("node", event.node)] += 1
+        if not sample:
+            self.pending_late[("workload", event.workload)] += 1  # type: ignore[union-attr]
+
+    def _place(self, event: GpuSample | FlopReport, sample: bool, replay: bool,
+               d: Disposition) -> float:
+        """Add ``event``'s pieces to their windows, recording what happened in ``d``.
+        Returns the event's end time (its contribution to the watermark)."""
+        if sample:
+            end = event.ts  # type: ignore[union-attr]
+            start = end - event.interval_s  # type: ignore[union-attr]
+            self.registry[event.gpu_uuid] = (event.gpu_name, event.mig_profile)  # type: ignore[union-attr]
         else:
-            start, end = event.start, event.end
+            start, end = event.start, event.end  # type: ignore[union-attr]
+        size = self.size_s
+        pieces: Any
+        if self.hop_s is None and end > start:
+            # Tumbling windows: most events lie in one window. Same arithmetic as
+            # split_interval's first window, without the generator.
+            first = float(math.floor((start - size) / size + 1) * size)
+            if first + size >= end:
+                overlap = min(end, first + size) - max(start, first)
+                pieces = ((first, overlap, overlap / (end - start)),) if overlap > 0 else ()
+            else:
+                pieces = split_interval(start, end, size, None)
+        else:
+            pieces = split_interval(start, end, size, self.hop_s)
         first_piece = True
-        for ws, overlap_s, fraction in split_interval(start, end, self.size_s, self.hop_s):
-            if self._is_closed(ws):
+        closed_through = self.progress.closed_through
+        for ws, overlap_s, fraction in pieces:
+            if ws < closed_through:
                 if replay:
                     d.skipped_replay = True
                 else:
@@ -174,7 +250,7 @@ class NodeStage(_Base):
                 nodes = self.open[ws] = {}
             w = nodes.get(event.node)
             if w is None:
-                w = nodes[event.node] = NodeWindow(event.node, ws, ws + self.size_s)
+                w = nodes[event.node] = NodeWindow(event.node, ws, ws + size)
             if event.event_id in w.seen:
                 if first_piece:
                     w.duplicates += 1
@@ -183,18 +259,12 @@ class NodeStage(_Base):
                 continue
             first_piece = False
             w.seen.add(event.event_id)
-            if isinstance(event, GpuSample):
-                w.add_sample(event, overlap_s)
+            if sample:
+                w.add_sample(event, overlap_s)  # type: ignore[arg-type]
             else:
-                w.add_report(event, overlap_s, fraction)
+                w.add_report(event, overlap_s, fraction)  # type: ignore[arg-type]
             d.max_window = ws if d.max_window is None else max(d.max_window, ws)
-        if d.late:
-            self.pending_late[("node", event.node)] += 1
-            if isinstance(event, FlopReport):
-                self.pending_late[("workload", event.workload)] += 1
-        if end > self.progress.watermarks.get(topic, NEG_INF):
-            self.progress.watermarks[topic] = end
-        return d
+        return end
 
     def due(self, now: float | None = None) -> list[float]:
         """Open windows the watermark has passed (end + grace), oldest first."""
