@@ -34,8 +34,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mfu import peaks, topics
 from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
-from mfu.events import DeadLetter, FlopReport, GpuSample, MfuWindow, Rejected, parse_events
+from mfu.events import DeadLetter, FlopReport, GpuSample, MfuWindow, Rejected
 from streams.aggregate import Marker, Partial
+from streams.decode import decode
 from streams.faustapp import make_app
 from streams.influx import InfluxWriter
 from streams.stages import NEG_INF, Closed, NodeStage, Progress, RollupStage
@@ -59,6 +60,8 @@ class StreamSettings(BaseSettings):
     late_topic: str = topics.LATE
     partials_topic: str = topics.PARTIALS
     tick_s: float = Field(1.0, gt=0, description="how often idle partitions are checked")
+    take_max: int = Field(500, ge=1, description="input events handled as one run, at most")
+    take_within_s: float = Field(0.02, gt=0, description="longest wait to fill a run")
     log_level: str = "WARNING"
 
     def all_topics(self) -> list[str]:
@@ -251,58 +254,85 @@ class Runtime:
     # --- input -------------------------------------------------------------------
 
     async def on_input(self, event: Any) -> None:
-        async with self.node_lock:
-            await self._on_input(event)
+        """One event from a ``noack()`` stream (nothing but us acks it)."""
+        await self.on_inputs([event], caller_acks=False)
 
-    async def _on_input(self, event: Any) -> None:
+    async def on_inputs(self, events: list[Any], *, caller_acks: bool = True) -> None:
+        """Account a run of input events, then close the windows that became due in the
+        partitions they touched.
+
+        Every event is acked by :meth:`_ack_through` once its windows are durably
+        written, never before. Where the caller acks the events too (Faust's
+        ``take_events`` does once they are handled), a reference is held on each message
+        first, so that ack does not make its offset committable: ours, later, does.
+        """
+        if caller_acks:
+            for event in events:
+                event.message.incref()
+        async with self.node_lock:
+            if self.app.rebalancing:
+                # Tables may not be restored yet; Faust seeks back to the committed offset
+                # when recovery is done and delivers these events again (un-acked).
+                return
+            now = time.monotonic()
+            horizon = time.time() + self.windows.max_future_skew_s
+            generation = self.app.consumer_generation_id
+            touched: dict[int, _PartitionState] = {}
+            futs: list[Any] = []
+            for event in events:
+                if event.message.generation_id != generation:
+                    continue  # buffered before a rebalance: the partition's owner replays it
+                st = await self._take_input(event, now, horizon, futs)
+                if st is not None:
+                    touched[event.message.partition] = st
+            if futs:  # dead letters, late copies, markers: durable before any input is acked
+                await asyncio.gather(*futs)
+            for partition, st in touched.items():
+                due = st.stage.due(now)
+                if due:
+                    await self.close_node_windows(partition, st, due)
+
+    async def _take_input(self, event: Any, now: float, horizon: float,
+                          futs: list[Any]) -> _PartitionState | None:
         message = event.message
-        if self.app.rebalancing:
-            # Tables may not be restored yet; Faust seeks back to the committed offset
-            # when recovery is done and delivers this event again (it stays un-acked).
-            return
         st = self.node_state(message.partition)
         if st.redelivered(message):
             st.hold(event)
-            return
-        now = st.last_input_wall = time.monotonic()
-        model = GpuSample if message.topic == self.s.telemetry_topic else FlopReport
-        good, bad = parse_events(message.value, model)
-        futs = []
-        horizon = time.time() + self.windows.max_future_skew_s
-        max_ws = NEG_INF
+            return None
+        st.last_input_wall = now
+        is_sample = message.topic == self.s.telemetry_topic
+        good, bad = decode(message.value, GpuSample if is_sample else FlopReport)
+        max_ws: float | None = None
         late: list[GpuSample | FlopReport] = []
-        for ev in good:
-            end = ev.ts if isinstance(ev, GpuSample) else ev.end
-            if end > horizon:
-                bad.append(Rejected(original=ev.model_dump_json(by_alias=True),
-                                    reason=f"clock skew: event time {end:.3f} is more than "
-                                    f"{self.windows.max_future_skew_s:.0f} s ahead of this "
-                                    f"worker's clock; check NTP on node {ev.node}"))
-                continue
-            d = st.stage.add(ev, topic=message.topic, offset=message.offset, now=now)
-            if d.max_window is not None and d.max_window > max_ws:
-                max_ws = d.max_window
-            if d.late:
-                late.append(ev)
-            if d.duplicate:
-                self.counters["duplicates"] += 1
+        if good:
+            ahead = [ev for ev in good
+                     if (ev.ts if is_sample else ev.end) > horizon]  # type: ignore[union-attr]
+            if ahead:
+                good = [ev for ev in good if ev not in ahead]
+                for ev in ahead:
+                    end = ev.ts if is_sample else ev.end  # type: ignore[union-attr]
+                    bad.append(Rejected(
+                        original=ev.model_dump_json(by_alias=True),
+                        reason=f"clock skew: event time {end:.3f} is more than "
+                        f"{self.windows.max_future_skew_s:.0f} s ahead of this worker's "
+                        f"clock; check NTP on node {ev.node}"))
+            if good:
+                max_ws, late, duplicates = st.stage.add_many(
+                    good, topic=message.topic, offset=message.offset, now=now)
+                self.counters["duplicates"] += duplicates
         self.counters["events"] += len(good)
         if bad:
             futs += await self._dead_letter(bad, message)
         for ev in late:
             futs.append(await self.late.send(key=message.key, value=ev.to_json()))
         self.counters["late"] += len(late)
-        st.pending.append((max_ws, event))
+        st.pending.append((NEG_INF if max_ws is None else max_ws, event))
         if st.idle:
             # Resuming: tell the roll-up at once to wait for this partition again, before
             # the other partitions close windows this one now has data for.
             st.idle = False
             futs += await self._send_markers(message.partition, st.stage, idle=False)
-        due = st.stage.due(now)
-        if due:
-            await self.close_node_windows(message.partition, st, due)
-        elif futs:
-            await asyncio.gather(*futs)
+        return st
 
     async def on_partial(self, event: Any) -> None:
         message = event.message
@@ -393,8 +423,13 @@ def build_app(
 
     @app.agent(rt.inputs, name="node-stage")
     async def node_stage(stream: Any) -> None:
-        async for event in stream.noack().events():
-            await rt.on_input(event)
+        # Runs of events, not one at a time: the per-message work is paid once per run.
+        # take_events() acks each event it yields once the run is handled; on_inputs
+        # holds a reference to each message first, so that ack only drops Faust's and
+        # the offset is committed when our own ack (window written) drops the last.
+        async for events in stream.noack().take_events(settings.take_max,
+                                                         within=settings.take_within_s):
+            await rt.on_inputs(events)
 
     @app.agent(rt.partials, name="rollup")
     async def rollup(stream: Any) -> None:
