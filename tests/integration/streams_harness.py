@@ -557,7 +557,10 @@ def create_topics(admin: AdminClient, topics: Topics, partitions: int = 4) -> li
     return names
 
 
-def delete_topics(admin: AdminClient, names: list[str]) -> None:
+def delete_topics(admin: AdminClient, names: list[str], app_id: str | None = None) -> None:
+    """Delete ``names`` and, given the worker's ``app_id``, its Faust internal topics."""
+    if app_id:
+        names = [*names, f"{app_id}-progress-changelog", f"{app_id}-__assignor-__leader"]
     for fut in admin.delete_topics(names, operation_timeout=30).values():
         with contextlib.suppress(Exception):  # cleanup only
             fut.result(timeout=30)

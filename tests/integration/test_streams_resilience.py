@@ -52,7 +52,7 @@ class _Setup:
     def close(self) -> None:
         self.worker.stop()
         self.collector.close()
-        delete_topics(self.admin, self.names)
+        delete_topics(self.admin, self.names, self.topics.app_id)
 
 
 def _influx_complete(influx: Any, fleet: SmallFleet, collector: Collector,

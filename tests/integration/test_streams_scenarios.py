@@ -365,7 +365,7 @@ def run(kafka_bootstrap: str, kafka_admin: AdminClient, influx: Any,
     finally:
         worker.stop()
         collector.close()
-        delete_topics(kafka_admin, names)
+        delete_topics(kafka_admin, names, topics.app_id)
 
 
 # --------------------------------------------------------------------------- the checks
