@@ -7,6 +7,7 @@ table state directory lives under a configurable folder.
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,10 @@ def make_app(
         "value_serializer": "raw",
         "key_serializer": "raw",
     }
-    if data_dir is not None:
-        options["datadir"] = str(data_dir)
+    # Faust keeps a folder per app even with in-memory tables: not in the working directory.
+    if data_dir is None:
+        cache = os.environ.get("MFU_CACHE_DIR") or Path.home() / ".cache" / "mfu-pipeline"
+        data_dir = Path(cache) / "faust"
+    options["datadir"] = str(data_dir / "{conf.name}-data")
     options.update(overrides)
     return faust.App(app_id, **options)
