@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mfu.events import FlopReport, GpuSample, MfuWindow
+from mfu.events import FlopReport, GpuSample, MfuWindow, Parallelism
 from mfu.peaks import peak_flops_per_s
 
 # Precision assumed for the denominator of a GPU that reported no FLOPs in the window
@@ -417,7 +417,7 @@ def finalize(p: Partial, *, scope: str, key: str, fleet: str, nodes: int | None 
             expected_mfu=p.expected_mfu,
             model=p.model,
             phase=p.phase,
-            parallelism=p.parallelism,
+            parallelism=Parallelism(**p.parallelism) if p.parallelism else None,
             ranks=len(p.ranks),
             rank_mfu_min=rank_mfus[0] if rank_mfus else None,
             rank_mfu_median=statistics.median(rank_mfus) if rank_mfus else None,

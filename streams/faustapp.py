@@ -75,6 +75,7 @@ def make_app(
     if data_dir is None:
         cache = os.environ.get("MFU_CACHE_DIR") or Path.home() / ".cache" / "mfu-pipeline"
         data_dir = Path(cache) / "faust"
+    data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     options["datadir"] = str(data_dir / "{conf.name}-data")
     options.update(overrides)
     return faust.App(app_id, **options)

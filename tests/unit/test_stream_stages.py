@@ -291,3 +291,23 @@ def test_input_resuming_after_quiet_spell_waits_for_the_others() -> None:
     for i in range(15):  # both quiet since 0.0; telemetry resumes at 100.0
         st.add(sample("n1", "g0", T0 + i + 1, ["job"]), topic="tel", now=100.0)
     assert st.due(now=100.0) == []  # flops get a fresh idle timeout to show up
+
+
+def test_workload_record_carries_model_context_as_valid_models() -> None:
+    """Parallelism from the reports reaches the record as the contract's model (a plain
+    dict would serialize with a warning and skip validation)."""
+    import warnings
+
+    from mfu.events import MfuWindow, Parallelism
+
+    p = Partial(scope="workload", key="j", node="n1", window_start=T0, window_end=T0 + 10,
+                achieved_flops=1e15, peak_flops=1e16, gpu_seconds=10, gpus=1,
+                parallelism={"tp": 8, "pp": 2, "dp": 1, "cp": 1, "ep": 1})
+    ru = RollupStage(W, sources=1)
+    ru.add_partial(p)
+    ru.add_marker(Marker(src=0, closed_through=T0 + 10))
+    (rec,) = ru.close(ru.due()[0]).records
+    assert rec.parallelism == Parallelism(tp=8, pp=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert MfuWindow.model_validate_json(rec.to_json()).parallelism.world_size == 16
