@@ -117,3 +117,50 @@ def test_outage_then_every_event_arrives_exactly_once(
             assert ts > last_ts.get((topic, key), 0.0)
             last_ts[(topic, key)] = ts
     assert all(len(p) == 1 for p in partitions.values())
+
+
+def test_broker_stopped_and_restarted_every_event_arrives_once(tmp_path: Path) -> None:
+    """The real thing: one publisher (as in a running agent) while its broker is stopped
+    for a while and started again on the same data and port."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from devenv.kafka import LocalKafka
+    from devenv.kafka import provision as provision_kafka
+
+    broker = LocalKafka(provision_kafka(progress=lambda _m: None), tmp_path / "kafka")
+    broker.start()
+    try:
+        bootstrap = broker.bootstrap
+        topics = {"telemetry": "outage-telemetry", "flops": "outage-flops"}
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for fut in admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1)
+                                        for t in topics.values()]).values():
+            fut.result(30)
+        sim = FleetSimulator(2, 2, MODELS, seed=5, start_ts=T0)
+        pub = Publisher(Spool(tmp_path / "spool", segment_bytes=16 << 10),
+                        config=producer_config(KafkaSettings(bootstrap=bootstrap),
+                                               message_timeout_s=5),
+                        retry_backoff_s=0.5)
+        sent = publish_ticks(sim, pub, range(0, 10), topics)
+        assert pub.flush(30.0)
+
+        broker.stop()
+        sent |= publish_ticks(sim, pub, range(10, 20), topics)
+        deadline = time.monotonic() + 20
+        while pub.broker_up and time.monotonic() < deadline:
+            pub.poll(0.2)
+        assert not pub.broker_up, "the publisher never noticed the broker was gone"
+        sent |= publish_ticks(sim, pub, range(20, 30), topics)  # straight to the spool
+
+        broker.start()
+        assert broker.bootstrap == bootstrap  # same port: the agent's config still holds
+        sent |= publish_ticks(sim, pub, range(30, 35), topics)
+        assert pub.flush(90.0), "spool did not drain after the broker came back"
+        pub.close(timeout_s=10.0)
+
+        messages = consume_all(bootstrap, list(topics.values()), expected=len(sent))
+        ids = Counter(e["event_id"] for *_, value in messages for e in value["events"])
+        assert set(ids) == sent
+        assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1][:5]
+    finally:
+        broker.stop()
