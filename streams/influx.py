@@ -125,12 +125,17 @@ class InfluxWriter:
 
         Raises ``InterruptedError`` if stopped before the write was acknowledged.
         """
-        lines = [to_line(r, self.settings.measurement) for r in records]
+        return self.write_lines([to_line(r, self.settings.measurement) for r in records])
+
+    def write_lines(self, lines: list[str], *, max_attempts: int | None = None) -> int:
+        """Write line-protocol lines, retrying with backoff until acknowledged, :meth:`stop`,
+        or ``max_attempts`` failures (then the last error is raised)."""
         if not lines:
             return 0
         delay = 0.2
         for i in range(0, len(lines), self.settings.batch_size):
             chunk = lines[i : i + self.settings.batch_size]
+            attempts = 0
             while True:
                 if self._stop.is_set():
                     raise InterruptedError("InfluxDB writer stopped before the write was acknowledged")
@@ -139,6 +144,9 @@ class InfluxWriter:
                     break
                 except Exception as exc:  # network, HTTP 5xx/4xx: keep the data, retry
                     self.retries += 1
+                    attempts += 1
+                    if max_attempts is not None and attempts >= max_attempts:
+                        raise
                     log.warning(
                         "influxdb write failed, retrying",
                         extra={"url": self.settings.url, "error": _safe_error(exc),
