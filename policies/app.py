@@ -23,8 +23,9 @@ from typing import Any
 
 import faust
 
-from mfu.config import KafkaSettings
-from mfu.events import MfuWindow, parse_events
+from mfu.config import InfluxSettings, KafkaSettings
+from mfu.events import CloudEvent, MfuWindow, parse_events
+from policies.annotations import policy_line
 from policies.cloudevents import subject_of
 from policies.reload import RulesSource
 from policies.settings import PolicySettings
@@ -33,11 +34,36 @@ from streams.faustapp import make_app
 log = logging.getLogger("mfu.policies")
 
 
+class Annotator:
+    """Best-effort copy of policy events to InfluxDB (a few tries, then log and go on: an
+    InfluxDB outage must not hold back decisions that autoscalers wait for)."""
+
+    def __init__(self, influx: InfluxSettings) -> None:
+        from streams.influx import InfluxWriter
+
+        self.writer = InfluxWriter(influx)
+        self.failed = 0
+
+    async def write(self, events: list[CloudEvent]) -> None:
+        lines = [policy_line(ev) for ev in events]
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self.writer.write_lines(lines, max_attempts=3)
+            )
+        except Exception as exc:
+            self.failed += len(lines)
+            log.warning("event=annotation_failed points=%d error=%s", len(lines),
+                        f"{type(exc).__name__}: {exc}".split("\n", 1)[0][:200])
+
+
 def build_app(
-    settings: PolicySettings, kafka: KafkaSettings, rules: RulesSource | None = None
+    settings: PolicySettings, kafka: KafkaSettings, rules: RulesSource | None = None,
+    influx: InfluxSettings | None = None,
 ) -> faust.App:
     """The policies Faust app (not started). ``rules`` defaults to the settings' file."""
     rules = rules or RulesSource(settings.rules_file, settings.source)
+    influx = influx or InfluxSettings()
+    annotator = Annotator(influx) if settings.influx_annotations and influx.enabled else None
     partitions = settings.partitions or kafka.partitions
     app = make_app(settings.app_id, kafka, partitions=partitions, data_dir=settings.data_dir)
     out = app.topic(settings.policy_topic, partitions=partitions)
@@ -71,7 +97,8 @@ def build_app(
             if result.events:
                 await ensure_output_topic()
             for ev in result.events:
-                await out.send(key=ev.subject.encode(), value=ev.to_json())
+                # Wait for the broker's ack: the state below records the decision as made.
+                await (await out.send(key=ev.subject.encode(), value=ev.to_json()))
                 log.info(
                     "event=policy_emitted type=%s subject=%s status=%s incident=%s",
                     ev.type,
@@ -79,6 +106,8 @@ def build_app(
                     ev.data.get("status"),
                     ev.data.get("incident"),
                 )
+            if result.events and annotator is not None:
+                await annotator.write(result.events)
             table[subject] = result.state
 
     for scope, topic_name in settings.input_topics().items():

@@ -38,6 +38,10 @@ class PolicySettings(BaseSettings):
         5.0, gt=0, description="how often the rules file's mtime is checked"
     )
     data_dir: Path | None = Field(None, description="Faust data dir; None = Faust default")
+    influx_annotations: bool = Field(
+        True, description="also write each event to InfluxDB measurement mfu_policy "
+        "(best effort; uses MFU_INFLUX_*; off when MFU_INFLUX_ENABLED=false)"
+    )
     loglevel: Literal["debug", "info", "warning", "error"] = "info"
 
     def input_topics(self) -> dict[str, str]:

@@ -58,6 +58,17 @@ def test_report_numbers_match_influxdb(demo_report: Path, influx) -> None:
     assert statistics.fmean(points.values()) == pytest.approx(report["fleet_mfu_mean"], rel=1e-9)
 
 
+def test_policy_events_are_marked_in_influxdb(demo_report: Path, influx) -> None:
+    """The rules stage copies its events to measurement mfu_policy (the dashboard's marks)."""
+    query = (f'from(bucket: "{influx.bucket}") |> range(start: -1h) '
+             '|> filter(fn: (r) => r._measurement == "mfu_policy" and r._field == "summary" '
+             'and r.type == "drift" and r.key == "llm-train-0")')
+    with InfluxDBClient(url=influx.url, token=influx.token, org=influx.org) as client:
+        tables = client.query_api().query(query)
+    summaries = [rec.get_value() for t in tables for rec in t.records]
+    assert summaries and "below expected" in summaries[-1]
+
+
 def test_report_names_drift_and_busy_inefficient(demo_report: Path) -> None:
     report = json.loads((demo_report / "report.json").read_text())
     summary = (demo_report / "summary.txt").read_text()

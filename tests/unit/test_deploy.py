@@ -13,8 +13,9 @@ import yaml
 
 from agents.settings import AgentSettings
 from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
-from mfu.events import MfuWindow
+from mfu.events import CloudEvent, MfuWindow
 from mfucli.main import build_parser
+from policies.annotations import policy_line
 from policies.settings import PolicySettings
 from streams.app import StreamSettings
 from streams.influx import point_fields
@@ -97,12 +98,17 @@ def test_dashboard_queries_fields_the_sink_writes() -> None:
                     gpu_seconds=10, gpus=1, sm_util=0.5, allocation=0.9, mfu_allocated=0.4)
     written = set(point_fields(rec)) | {"tensor_active"}
     dash = json.loads((ROOT / "deploy/grafana/dashboards/mfu-overview.json").read_text())
-    queried = set()
-    for panel in dash["panels"]:
-        for target in panel["targets"]:
-            assert 'r._measurement == "mfu"' in target["query"]
-            queried |= set(re.findall(r'r\._field == "(\w+)"', target["query"]))
-    assert queried and queried <= written
+    queries = [t["query"] for panel in dash["panels"] for t in panel["targets"]]
+    queries += [a["target"]["query"] for a in dash["annotations"]["list"]]
+    queried: dict[str, set[str]] = {"mfu": set(), "mfu_policy": set()}
+    for query in queries:
+        (measurement,) = re.findall(r'r\._measurement == "(\w+)"', query)
+        queried[measurement] |= set(re.findall(r'r\._field == "(\w+)"', query))
+    assert queried["mfu"] and queried["mfu"] <= written
+    ev = CloudEvent(id="1", source="s", type="io.mfu.drift.v1", subject="workload/j",
+                    time="2026-11-26T10:12:00Z", data={"summary": "x"})
+    policy_fields = set(re.findall(r"(\w+)=", policy_line(ev).split(" ")[1]))
+    assert queried["mfu_policy"] and queried["mfu_policy"] <= policy_fields
 
 
 def test_dockerfile_copies_every_package() -> None:
