@@ -398,6 +398,17 @@ class Runtime:
                 st.idle_announced_at, st.idle = now, True
 
 
+def _drop_spinner_debug_level() -> None:
+    """Faust's worker sets the root logger to DEBUG for its start-up spinner (a handler
+    that only advances the spinner, stopped once the worker is up), so every debug call of
+    aiokafka, Faust and mode on the hot path builds a record that no handler emits. Once
+    started, lower the root logger's level to what its other handlers actually emit."""
+    root = logging.getLogger()
+    levels = [h.level for h in root.handlers if type(h).__name__ != "SpinnerHandler"]
+    if levels and min(levels) > root.level:
+        root.setLevel(min(levels))
+
+
 def build_app(
     settings: StreamSettings | None = None,
     kafka: KafkaSettings | None = None,
@@ -439,6 +450,10 @@ def build_app(
     @app.timer(interval=settings.tick_s)
     async def idle_tick() -> None:
         await rt.on_tick()
+
+    @app.task
+    async def quiet_root_logger() -> None:
+        _drop_spinner_debug_level()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
