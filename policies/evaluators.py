@@ -34,6 +34,7 @@ from policies.rules import (
     RightsizeRule,
     RulesConfig,
     ScaleRule,
+    StallRule,
     StragglerRule,
     ThresholdRule,
 )
@@ -352,6 +353,54 @@ class IdleEvaluator(EpisodeEvaluator):
         if opened:
             return f"{gpus} GPU(s) allocated but idle: MFU {mean:.4f} for {n} windows"
         return f"working again: MFU {mean:.3f} for {n} windows"
+
+
+@dataclass
+class StallState(Episode):
+    history: list[float] = field(default_factory=list)  # recent MFU, oldest first
+
+
+def dip_runs(values: list[float], threshold: float) -> int:
+    """Separate runs of consecutive values below ``threshold``."""
+    runs, inside = 0, False
+    for v in values:
+        if v < threshold and not inside:
+            runs += 1
+        inside = v < threshold
+    return runs
+
+
+class StallEvaluator(EpisodeEvaluator):
+    rule: StallRule
+    state_type = StallState
+
+    def assess(self, w: MfuWindow, state: StallState) -> Assessment | None:
+        r = self.rule
+        if w.mfu is None:
+            return None
+        state.history = [*state.history, float(w.mfu)][-r.history_windows :]
+        if len(state.history) < r.history_windows // 2:
+            return None
+        median = sorted(state.history)[len(state.history) // 2]
+        threshold = r.dip_ratio * median
+        runs = dip_runs(state.history, threshold)
+        dips = sum(1 for v in state.history if v < threshold)
+        observed = {"mfu": _r(w.mfu), "median_mfu": _r(median), "dip_runs": runs,
+                    "dip_windows": dips, "history_windows": len(state.history),
+                    "min_mfu": _r(min(state.history))}
+        expected = {"dip_ratio": r.dip_ratio, "min_dips": r.min_dips}
+        return Assessment(runs >= r.min_dips and median > 0, runs == 0, float(runs),
+                          "dip_runs", observed, expected)
+
+    def summary(
+        self, a: Assessment, mean: float, n: int, opened: bool, facts: dict[str, Any]
+    ) -> str:
+        o = a.observed
+        if opened:
+            return (f"MFU dips to {o['min_mfu']:.3f} (median {o['median_mfu']:.3f}) "
+                    f"{o['dip_runs']} separate times in {o['history_windows']} windows: "
+                    "likely input-pipeline stalls (data loading, checkpointing)")
+        return f"no MFU dips for {n} windows"
 
 
 class AllocationGapEvaluator(EpisodeEvaluator):
@@ -940,6 +989,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {
     "busy_inefficient": BusyInefficientEvaluator,
     "straggler": StragglerEvaluator,
     "idle": IdleEvaluator,
+    "stall": StallEvaluator,
     "allocation_gap": AllocationGapEvaluator,
     "consolidation": ConsolidationEvaluator,
     "cost": CostEvaluator,

@@ -272,6 +272,21 @@ class IdleRule(RuleBase, Hysteresis):
     event: EventName = "idle"
 
 
+class StallRule(RuleBase, Hysteresis):
+    """Input-pipeline stalls: MFU dips below ``dip_ratio`` × its recent median in at least
+    ``min_dips`` separate runs within the last ``history_windows`` windows, recovering in
+    between (data loading, checkpoint writes, preemption pauses). Resolves when the
+    history holds no dip. A steady low MFU is not a stall (no recovery between)."""
+
+    kind: Literal["stall"]
+    history_windows: Windows = 12
+    dip_ratio: Ratio = 0.5
+    min_dips: int = Field(2, ge=2)
+    for_windows: Windows = 1
+    clear_windows: Windows = 6
+    event: EventName = "stall"
+
+
 class AllocationGapRule(RuleBase, Hysteresis):
     """Provider view: a fleet (or node) highly allocated whose allocated GPUs deliver
     little (``allocation >= allocation_min`` and ``mfu_allocated <= mfu_allocated_max``)."""
@@ -383,6 +398,7 @@ Rule = Annotated[
     | BusyInefficientRule
     | StragglerRule
     | IdleRule
+    | StallRule
     | AllocationGapRule
     | ConsolidationRule
     | CostRule
@@ -399,6 +415,7 @@ RULE_KINDS: tuple[str, ...] = (
     "busy_inefficient",
     "straggler",
     "idle",
+    "stall",
     "allocation_gap",
     "consolidation",
     "cost",
