@@ -76,6 +76,23 @@ def summarize(collected: Any) -> dict[str, Any]:
         "precision": rs[0]["precision"],
         "phase": rs[0]["phase"],
     } for fam, rs in sorted(groups.items())]
+    # Structural views: GPU-seconds-weighted MFU by GPU model, model and parallelism.
+    structure: dict[str, dict[str, list[float]]] = {"gpu_model": {}, "model": {},
+                                                      "parallelism": {}}
+    for r in collected.by_scope("workload"):
+        if r.get("mfu") is None or not r.get("gpu_seconds"):
+            continue
+        par = r.get("parallelism") or {}
+        keys = {"gpu_model": r.get("gpu_model") or "(unknown)",
+                "model": r.get("model") or "(not reported)",
+                "parallelism": (f"tp{par.get('tp', 1)}·pp{par.get('pp', 1)}·dp{par.get('dp', 1)}"
+                                if par else "(not reported)")}
+        for view, k in keys.items():
+            acc = structure[view].setdefault(k, [0.0, 0.0])
+            acc[0] += r["mfu"] * r["gpu_seconds"]
+            acc[1] += r["gpu_seconds"]
+    structural = {view: {k: v[0] / v[1] for k, v in sorted(groups.items()) if v[1] > 0}
+                  for view, groups in structure.items()}
     busy_sm, low_mfu = busy_thresholds()
     busy = [r["workload"] for r in rows if (r["sm_util_mean"] or 0) >= busy_sm
             and r["mfu_mean"] is not None and r["mfu_mean"] < low_mfu]
@@ -94,6 +111,7 @@ def summarize(collected: Any) -> dict[str, Any]:
         "window_starts": [f["window_start"] for f in fleet],
         "workloads": rows,
         "families": families,
+        "structural": structural,
         "busy_but_inefficient": busy,
         "busy_thresholds": {"sm_util_min": busy_sm, "mfu_max": low_mfu},
         "policy_events_by_type": dict(by_type),
@@ -198,6 +216,13 @@ def write_report(out: Path, collected: Any, *, sim_started: float, fleet: str,
         lines.append(f"  {f['family'][:30]:<30} {f['workloads']:>4} {f['gpus']:>4}   "
                      f"{_pct(f['mfu_mean'])}   {_pct(f['sm_util_mean'])}  "
                      f"{_pct(f['tensor_active_mean'])}  {f['precision'] or '-':<9} {f['phase'] or '-'}")
+    for view, title in (("gpu_model", "GPU model"), ("model", "model"),
+                        ("parallelism", "parallelism")):
+        groups = s["structural"].get(view) or {}
+        if groups:
+            lines.append("")
+            lines.append(f"MFU by {title} (GPU-seconds weighted, workloads)")
+            lines += [f"  {k[:40]:<40} {_pct(v)}" for k, v in groups.items()]
     lines += ["", "Lowest-MFU workloads            mean MFU  first   last   SM busy GPUs"]
     worst = sorted((r for r in s["workloads"] if r["mfu_mean"] is not None),
                    key=lambda r: r["mfu_mean"])[:10]
