@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import TP
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -271,27 +272,37 @@ class Runtime:
             for event in events:
                 event.message.incref()
         async with self.node_lock:
-            if self.app.rebalancing:
-                # Tables may not be restored yet; Faust seeks back to the committed offset
-                # when recovery is done and delivers these events again (un-acked).
-                return
+            # Never drop an event here: one that is not processed is not acked either, so
+            # the commit stalls behind it while later events close its windows without it.
+            # Wait for recovery (the progress table), then process; a redelivery after
+            # Faust's seek is recognised by offset (``redelivered``) and counted once.
+            while self.app.rebalancing:
+                await asyncio.sleep(0.05)
             now = time.monotonic()
             horizon = time.time() + self.windows.max_future_skew_s
-            generation = self.app.consumer_generation_id
+            owned = self._owned_partitions(self.s.telemetry_topic)
             touched: dict[int, _PartitionState] = {}
             futs: list[Any] = []
             for event in events:
-                if event.message.generation_id != generation:
-                    continue  # buffered before a rebalance: the partition's owner replays it
+                if owned is not None and event.message.partition not in owned:
+                    continue  # revoked meanwhile: its new owner replays it
                 st = await self._take_input(event, now, horizon, futs)
                 if st is not None:
                     touched[event.message.partition] = st
             if futs:  # dead letters, late copies, markers: durable before any input is acked
                 await asyncio.gather(*futs)
             for partition, st in touched.items():
-                due = st.stage.due(now)
+                due = st.stage.due(now, self._backlog(partition, st))
                 if due:
                     await self.close_node_windows(partition, st, due)
+
+    def _owned_partitions(self, topic: str) -> set[int] | None:
+        """Partitions of ``topic`` this worker owns now (None when unknown)."""
+        try:
+            return {tp.partition for tp in self.app.assignor.assigned_actives()
+                    if tp.topic == topic}
+        except Exception:
+            return None
 
     async def _take_input(self, event: Any, now: float, horizon: float,
                           futs: list[Any]) -> _PartitionState | None:
@@ -337,8 +348,11 @@ class Runtime:
 
     async def on_partial(self, event: Any) -> None:
         message = event.message
-        if self.app.rebalancing:
-            return  # delivered again after recovery (see _on_input)
+        while self.app.rebalancing:  # never drop: see on_inputs
+            await asyncio.sleep(0.05)
+        owned = self._owned_partitions(self.s.partials_topic)
+        if owned is not None and message.partition not in owned:
+            return  # revoked meanwhile: its new owner replays it
         st = self.rollup_state(message.partition)
         if st.redelivered(message):
             st.hold(event)
@@ -372,6 +386,22 @@ class Runtime:
         async with self.node_lock:
             await self._on_tick()
 
+    def _backlog(self, partition: int, st: _PartitionState) -> frozenset[str]:
+        """Input topics whose broker holds data of this partition not processed yet. Such
+        an input is not idle however long it has been silent here: a busy or starved
+        worker must not close windows early and turn their data late."""
+        lagging = []
+        for topic in (self.s.telemetry_topic, self.s.flops_topic):
+            try:
+                highwater = self.app.consumer.highwater(TP(topic, partition))
+            except Exception:
+                highwater = None
+            # Unknown (no fetch answered since the assignment or a seek) counts as a
+            # backlog: closing early loses data to lateness, waiting only delays.
+            if highwater is None or st.stage.max_offsets.get(topic, -1) + 1 < highwater:
+                lagging.append(topic)
+        return frozenset(lagging)
+
     async def _on_tick(self) -> None:
         if self.app.rebalancing:
             return  # the progress table may not be restored yet: create no state now
@@ -384,14 +414,19 @@ class Runtime:
             if tp.topic != self.s.telemetry_topic:
                 continue
             st = self.node_state(tp.partition)
-            if now - st.last_input_wall < self.windows.idle_timeout_s:
+            backlog = self._backlog(tp.partition, st)
+            if now - st.last_input_wall < self.windows.idle_timeout_s or backlog:
                 # One input may have gone quiet while the other still flows.
-                due = st.stage.due(now)
+                due = st.stage.due(now, backlog)
                 if due:
                     await self.close_node_windows(tp.partition, st, due)
                 continue
             starts = st.stage.flush_idle()
             if starts:
+                log.info("closing windows of an idle partition", extra={
+                    "partition": tp.partition, "windows": len(starts),
+                    "silent_s": round(now - st.last_input_wall, 1),
+                    "offsets": dict(st.stage.max_offsets)})
                 await self.close_node_windows(tp.partition, st, starts, idle=True)
                 st.idle_announced_at, st.idle = now, True
             elif now - st.idle_announced_at >= self.windows.idle_timeout_s:

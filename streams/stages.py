@@ -127,13 +127,16 @@ class NodeStage(_Base):
         self.idle_timeout_s = settings.idle_timeout_s
         self.last_seen: dict[str, float] = dict.fromkeys(inputs, now)
 
-    def watermark(self, now: float | None = None) -> float:
-        """Event time up to which every active input has advanced."""
+    def watermark(self, now: float | None = None, backlog: frozenset[str] = frozenset()) -> float:
+        """Event time up to which every active input has advanced. An input with a
+        ``backlog`` (unprocessed data waiting at the broker) counts as active however long
+        it has been silent here: a slow consumer is not a quiet producer."""
         wms = self.progress.watermarks
         active = [
             wms.get(t, NEG_INF)
             for t in self.inputs
-            if now is None or now - self.last_seen.get(t, NEG_INF) < self.idle_timeout_s
+            if now is None or t in backlog
+            or now - self.last_seen.get(t, NEG_INF) < self.idle_timeout_s
         ]
         if not active:
             return max(wms.values(), default=NEG_INF)
@@ -313,9 +316,9 @@ class NodeStage(_Base):
             d.max_window = ws if d.max_window is None else max(d.max_window, ws)
         return end
 
-    def due(self, now: float | None = None) -> list[float]:
+    def due(self, now: float | None = None, backlog: frozenset[str] = frozenset()) -> list[float]:
         """Open windows the watermark has passed (end + grace), oldest first."""
-        wm = self.watermark(now)
+        wm = self.watermark(now, backlog)
         return sorted(ws for ws in self.open if ws + self.size_s + self.grace_s <= wm)
 
     def close(self, ws: float) -> Closed:

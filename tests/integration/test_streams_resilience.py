@@ -38,13 +38,14 @@ pytestmark = pytest.mark.integration
 
 class _Setup:
     def __init__(self, bootstrap: str, admin: AdminClient, influx: Any, workdir: Path,
-                 workers: int = 1) -> None:
+                 workers: int = 1, idle_timeout_s: float = 3.0) -> None:
         self.topics = Topics()
         self.admin = admin
         self.bootstrap = bootstrap
         self.names = create_topics(admin, self.topics)
         self.fleet = SmallFleet(self.topics)
-        self.worker = Worker(worker_env(self.topics, bootstrap, influx), workdir,
+        self.worker = Worker(worker_env(self.topics, bootstrap, influx,
+                                        idle_timeout_s=idle_timeout_s), workdir,
                              workers=workers)
         self.feeder = Feeder(bootstrap, self.topics)
         self.collector = Collector(bootstrap, [self.topics[k] for k in OUTPUT_KINDS])
@@ -76,7 +77,9 @@ def _influx_complete(influx: Any, fleet: SmallFleet, collector: Collector,
 
 def test_worker_killed_mid_window_restarts_with_same_results(
         kafka_bootstrap: str, kafka_admin: AdminClient, influx: Any, tmp_path: Path) -> None:
-    s = _Setup(kafka_bootstrap, kafka_admin, influx, tmp_path)
+    # Idle timeout above the restart's rebalances (the dead member's session expires 6 s
+    # in): on a loaded 2-core machine a 3 s timeout fired during them and closed W1 early.
+    s = _Setup(kafka_bootstrap, kafka_admin, influx, tmp_path, idle_timeout_s=10.0)
     try:
         s.worker.start()
         wait_for_group(kafka_bootstrap, s.topics.app_id, 1, s.topics["telemetry"],
@@ -91,7 +94,7 @@ def test_worker_killed_mid_window_restarts_with_same_results(
         ends = end_offsets(kafka_bootstrap, s.topics["telemetry"])
         assert all(0 < c < e for c, e in zip(committed, ends, strict=True)), (committed, ends)
         s.fleet.feed(s.feeder, range(15, 30))  # produced while no worker runs
-        s.worker.start()
+        s.worker.start()  # the dead member's session expires during the replay: 2 rebalances
         s.collector.wait_for(s.fleet.have(s.collector, range(3)), 60, "windows 0-2 after "
                              "restart", s.worker)
         s.collector.poll(2.0)  # late repeats, if any

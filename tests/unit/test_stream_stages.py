@@ -311,3 +311,14 @@ def test_workload_record_carries_model_context_as_valid_models() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert MfuWindow.model_validate_json(rec.to_json()).parallelism.world_size == 16
+
+
+def test_input_with_a_backlog_holds_the_watermark_however_long_it_was_silent() -> None:
+    """A slow consumer is not a quiet producer: data waiting at the broker keeps the input
+    active, so windows are not closed early and its events do not turn late."""
+    st = NodeStage(W, inputs=("tel", "flops"), now=0.0)
+    for i in range(15):
+        st.add(sample("n1", "g0", T0 + i + 1, ["job"]), topic="tel", now=1.0)
+    late = W.idle_timeout_s + 10.0
+    assert st.due(now=late, backlog=frozenset({"flops"})) == []
+    assert st.due(now=late) == [T0]
