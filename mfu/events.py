@@ -12,7 +12,6 @@ envelopes) into models plus dead-letter reasons, one bad event never spoiling th
 from __future__ import annotations
 
 import json
-import math
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
@@ -328,7 +327,3 @@ def batch(events: list[Event]) -> bytes:
     """Encode events as one ``batch/1`` value (what an agent sends per node per interval)."""
     body = ",".join(e.model_dump_json(by_alias=True) for e in events)
     return b'{"schema":"batch/1","events":[' + body.encode() + b"]}"
-
-
-def is_finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)

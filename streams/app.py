@@ -255,22 +255,17 @@ class Runtime:
 
     # --- input -------------------------------------------------------------------
 
-    async def on_input(self, event: Any) -> None:
-        """One event from a ``noack()`` stream (nothing but us acks it)."""
-        await self.on_inputs([event], caller_acks=False)
-
-    async def on_inputs(self, events: list[Any], *, caller_acks: bool = True) -> None:
+    async def on_inputs(self, events: list[Any]) -> None:
         """Account a run of input events, then close the windows that became due in the
         partitions they touched.
 
         Every event is acked by :meth:`_ack_through` once its windows are durably
-        written, never before. Where the caller acks the events too (Faust's
-        ``take_events`` does once they are handled), a reference is held on each message
-        first, so that ack does not make its offset committable: ours, later, does.
+        written, never before. Faust's ``take_events`` acks the events too once they are
+        handled, so a reference is held on each message first: that ack does not make its
+        offset committable; ours, later, does.
         """
-        if caller_acks:
-            for event in events:
-                event.message.incref()
+        for event in events:
+            event.message.incref()
         async with self.node_lock:
             # Never drop an event here: one that is not processed is not acked either, so
             # the commit stalls behind it while later events close its windows without it.
