@@ -93,6 +93,20 @@ class GpuSample(Event):
     mem_total_bytes: int | None = Field(None, ge=0)
     throttle_reasons: int | None = Field(None, ge=0)
     workloads: list[Name] = Field(default_factory=list, max_length=64)
+    # DESIGN.md §8 (all optional). Energy the GPU used in the interval, joules: from
+    # NVML's total-energy counter ("counter") or power x interval ("power") where the
+    # part has no counter (or it went backwards).
+    energy_j: NonNegative | None = None
+    energy_source: Literal["counter", "power"] | None = None
+    # Pipe activity ratios (NVML GPM on Hopper+, DCGM profiling fields elsewhere): the
+    # fraction of the interval the DRAM interface / FP16 / FP32 / FP64 pipes were busy.
+    dram_active: Ratio | None = None
+    fp16_active: Ratio | None = None
+    fp32_active: Ratio | None = None
+    fp64_active: Ratio | None = None
+    # Owner of each workload in ``workloads`` ({"workload": "tenant"}): Kubernetes
+    # namespace, Slurm account or a configured owner.
+    tenants: dict[Name, Name] | None = Field(None, max_length=64)
 
     @property
     def start(self) -> float:
@@ -140,6 +154,11 @@ class FlopReport(Event):
     seq_len: int | None = Field(None, ge=1)
     parallelism: Parallelism | None = None
     phase: Literal["train", "prefill", "decode"] | None = None
+    # DESIGN.md §8: model bytes moved in [start, end) (weights + KV cache read/written),
+    # and who measured: the FLOP SDK / a framework hook ("sdk") or an inference server's
+    # own counters scraped by the agent ("engine").
+    bytes: NonNegative | None = None
+    source: Literal["sdk", "engine"] = "sdk"
 
     @model_validator(mode="after")
     def _interval_and_rate(self) -> FlopReport:
@@ -164,6 +183,34 @@ class FlopReport(Event):
 
 
 Scope = Literal["workload", "node", "fleet"]
+FlopSource = Literal["reported", "engine", "idle", "counters", "none"]
+FLOP_SOURCES: tuple[FlopSource, ...] = ("reported", "engine", "idle", "counters", "none")
+Regime = Literal["compute", "memory", "mixed"]
+
+
+class FlopSources(BaseModel):
+    """GPU-seconds of a window by where their model FLOPs come from (DESIGN.md §8).
+
+    ``reported``: flop_report/1 from the SDK; ``engine``: an inference server's counters;
+    ``idle``: no report and idle by its counters (a known zero); ``counters``: busy, no
+    report, FLOPs estimated from pipe activity; ``none``: busy, no report, no counters.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+    reported: NonNegative = 0.0
+    engine: NonNegative = 0.0
+    idle: NonNegative = 0.0
+    counters: NonNegative = 0.0
+    none: NonNegative = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.reported + self.engine + self.idle + self.counters + self.none
+
+    @property
+    def known_s(self) -> float:
+        """GPU-seconds with known model FLOPs (reported + engine + idle)."""
+        return self.reported + self.engine + self.idle
 
 
 class MfuWindow(Event):
@@ -211,6 +258,26 @@ class MfuWindow(Event):
     ranks: int | None = Field(None, ge=0)
     rank_mfu_min: NonNegative | None = None
     rank_mfu_median: NonNegative | None = None
+    # DESIGN.md §8, every scope. FLOP sources and coverage: ``mfu`` is over the
+    # GPU-seconds with known model FLOPs only; ``mfu_estimated`` adds the OFU estimate
+    # of ``counters`` GPU-seconds; ``ofu`` is counter-derived FLOP utilisation.
+    flop_sources: FlopSources | None = None
+    coverage: Ratio | None = None
+    ofu: NonNegative | None = None
+    mfu_estimated: NonNegative | None = None
+    # Memory side: model bytes moved (total over the window, bytes) against peak
+    # bandwidth x seconds; ``regime`` from arithmetic intensity vs the ridge point.
+    mbu: NonNegative | None = None
+    achieved_bytes: NonNegative | None = None
+    peak_bytes: NonNegative | None = None
+    dram_active: Ratio | None = None
+    regime: Regime | None = None
+    # Energy: joules in the window, model FLOPs per joule, tokens per joule.
+    energy_j: NonNegative | None = None
+    flops_per_j: NonNegative | None = None
+    tokens_per_j: NonNegative | None = None
+    # Workload scope: owner (Kubernetes namespace, Slurm account or configured owner).
+    tenant: str | None = None
 
     @property
     def window_s(self) -> float:

@@ -341,6 +341,39 @@ class Catalog:
         sms = self.mig_sm_count(gpu_name, mig_profile, form_factor=form_factor)
         return sms / spec.compute_units
 
+    def mig_memory_fraction(
+        self, gpu_name: str, mig_profile: str, *, form_factor: str | None = None
+    ) -> float:
+        """Memory slices of a MIG profile / the GPU's 8 memory slices (H100 3g.40gb: 4/8).
+
+        Derived from the profile's memory size against one eighth of the GPU's memory
+        (NVIDIA MIG User Guide: every supported part has 8 memory slices).
+        """
+        spec = self.lookup(gpu_name, form_factor=form_factor)
+        self.mig_sm_count(gpu_name, mig_profile, form_factor=form_factor)  # validates it
+        match = re.search(r"(\d+)gb$", normalize_mig_profile(mig_profile))
+        if match is None or spec.memory_gb is None:
+            raise ValueError(f"cannot size the memory of MIG profile {mig_profile!r}")
+        slices = max(1, min(8, round(int(match[1]) / (spec.memory_gb / 8))))
+        return slices / 8
+
+    def peak_bytes_per_s(
+        self, gpu_name: str, *, mig_profile: str | None = None, form_factor: str | None = None
+    ) -> float:
+        """Peak memory bandwidth, bytes/s, of one GPU or MIG slice (by memory slices).
+
+        Raises UnknownGPUError, or ValueError where the catalog has no bandwidth.
+        """
+        spec = self.lookup(gpu_name, form_factor=form_factor)
+        if spec.memory_bandwidth_bytes_per_s is None:
+            raise ValueError(f"{spec.name} has no memory bandwidth in the catalog")
+        _, profile_in_name = split_mig(gpu_name)
+        profile = mig_profile or profile_in_name
+        fraction = 1.0
+        if profile:
+            fraction = self.mig_memory_fraction(gpu_name, profile, form_factor=form_factor)
+        return spec.memory_bandwidth_bytes_per_s * fraction
+
     def resolve_peak(
         self,
         gpu_name: str,
@@ -805,3 +838,13 @@ def peak_flops_per_s(
         gpu_name, precision, mig_profile=mig_profile, sm_clock_mhz=sm_clock_mhz,
         form_factor=form_factor,
     ).peak_flops_per_s
+
+
+def peak_bytes_per_s(
+    gpu_name: str, *, mig_profile: str | None = None, form_factor: str | None = None
+) -> float:
+    """Peak memory bandwidth of one GPU (or MIG slice, by its memory slices), bytes/s.
+
+    Raises UnknownGPUError, or ValueError (no bandwidth in the catalog, bad MIG profile).
+    """
+    return _DEFAULT.peak_bytes_per_s(gpu_name, mig_profile=mig_profile, form_factor=form_factor)
