@@ -30,9 +30,11 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from mfu.precision import PRECISIONS, Precision
@@ -113,6 +115,17 @@ class GPUSpec(BaseModel):
     mig_compute_slice_sms: int | None = Field(
         default=None, gt=0, description="SMs of one MIG compute slice ('1c.') where uniform"
     )
+    mig_memory_slices: Mapping[str, int] = Field(
+        default_factory=dict, description="MIG GPU-instance profile -> memory slices of 8"
+    )
+    interconnect: str | None = Field(default=None, description="GPU-to-GPU link, as printed")
+    tdp_w: float | None = Field(default=None, gt=0, description="board power limit, W")
+    gpm_counters: bool = Field(
+        default=False, description="NVML GPM pipe-activity counters (Hopper and later)"
+    )
+    sources: Mapping[str, str] = Field(
+        default_factory=dict, description="where each group of values comes from"
+    )
     source: str = ""
     notes: str = ""
 
@@ -136,7 +149,17 @@ class GPUSpec(BaseModel):
             out[normalize_mig_profile(profile)] = int(sms)
         return MappingProxyType(out)
 
-    @field_serializer("peak_flops_per_s", "mig_profiles")
+    @field_validator("mig_memory_slices", mode="after")
+    @classmethod
+    def _check_mig_memory(cls, value: Mapping[str, int]) -> Mapping[str, int]:
+        out = {}
+        for profile, slices in value.items():
+            if not 1 <= slices <= 8:
+                raise ValueError(f"MIG profile {profile} needs 1..8 memory slices, got {slices}")
+            out[normalize_mig_profile(profile)] = int(slices)
+        return MappingProxyType(out)
+
+    @field_serializer("peak_flops_per_s", "mig_profiles", "mig_memory_slices", "sources")
     def _plain_dict(self, value: Mapping[str, Any]) -> dict[str, Any]:
         return dict(value)
 
@@ -144,6 +167,14 @@ class GPUSpec(BaseModel):
     def memory_bytes(self) -> int | None:
         """Capacity in bytes, reading datasheet 'GB' of HBM/GDDR as GiB (how DRAM is built)."""
         return None if self.memory_gb is None else int(self.memory_gb * 2**30)
+
+    @property
+    def tensor_cores(self) -> bool:
+        """True where a matrix-unit precision (tf32/bf16/fp16/fp8/int8) peaks above plain
+        FP32: the part has tensor cores (or AMD matrix cores), so fp32 work wastes them."""
+        fp32 = self.peak_flops_per_s.get("fp32", 0.0)  # type: ignore[call-overload]
+        return any(self.peak_flops_per_s.get(p, 0.0) > fp32  # type: ignore[call-overload]
+                   for p in TENSOR_PRECISIONS)
 
     def reference_clock_mhz(self, precision: str) -> float | None:
         """The clock (MHz) the datasheet peak for `precision` assumes."""
@@ -346,11 +377,18 @@ class Catalog:
     ) -> float:
         """Memory slices of a MIG profile / the GPU's 8 memory slices (H100 3g.40gb: 4/8).
 
-        Derived from the profile's memory size against one eighth of the GPU's memory
-        (NVIDIA MIG User Guide: every supported part has 8 memory slices).
+        From the catalog's ``mig_memory_slices``; for a profile it lacks (an operator
+        override), derived from the profile's memory size against one eighth of the GPU's
+        memory (NVIDIA MIG User Guide: every supported part has 8 memory slices).
         """
         spec = self.lookup(gpu_name, form_factor=form_factor)
         self.mig_sm_count(gpu_name, mig_profile, form_factor=form_factor)  # validates it
+        profile = normalize_mig_profile(mig_profile)
+        ci = _COMPUTE_INSTANCE.match(profile)
+        if ci is not None:  # a compute instance shares its GPU instance's memory
+            profile = f"{ci['g']}g.{ci['mem']}"
+        if profile in spec.mig_memory_slices:
+            return spec.mig_memory_slices[profile] / 8
         match = re.search(r"(\d+)gb$", normalize_mig_profile(mig_profile))
         if match is None or spec.memory_gb is None:
             raise ValueError(f"cannot size the memory of MIG profile {mig_profile!r}")
@@ -429,283 +467,67 @@ class Catalog:
 
 # --------------------------------------------------------------------------- data
 #
-# Sources (dense = the datasheet's non-sparse figure, or its sparse figure / 2 where
-# only "with sparsity" is printed; each entry says which):
-#   [A100]   NVIDIA A100 Tensor Core GPU datasheet (2021), spec table.
-#   [H100WP] NVIDIA H100 Tensor Core GPU Architecture whitepaper (v1.0x), Table 3,
-#            which prints dense and sparse separately (989.4 / 1978.9 for SXM5 BF16).
-#   [H100DS] NVIDIA H100 Tensor Core GPU datasheet (2023/24), spec table (SXM / NVL).
-#   [H200DS] NVIDIA H200 Tensor Core GPU datasheet (2024), spec table (SXM / NVL).
-#   [GH200]  NVIDIA GH200 Grace Hopper Superchip datasheet (2023/24).
-#   [B200]   NVIDIA HGX B200 / DGX B200 datasheet (2024): 8-GPU totals, / 8 per GPU.
-#   [GB200]  NVIDIA GB200 NVL72 datasheet (2024): 72-GPU totals, / 72 per GPU.
-#   [L40S], [L4], [A10]: the NVIDIA datasheets of those boards.
-#   [V100]   NVIDIA Tesla V100 datasheet (2020), SXM2 / PCIe / V100S columns.
-#   [MI250X] AMD Instinct MI250X / MI250 data sheets (per OAM; halved per GCD).
-#   [MI300X] AMD Instinct MI300X data sheet; [MI325X] AMD Instinct MI325X data sheet.
-#   [TPUv4]  Google Cloud TPU v4 documentation; PaLM paper (Chowdhery et al. 2022) §4.
-#   [MIG]    NVIDIA MIG User Guide, "Supported MIG Profiles", and `nvidia-smi mig -lgip`
-#            output (SM column) published in NVIDIA/mig-parted and gpu-operator PRs.
-# SM counts and clocks: the architecture whitepapers (A100, H100) and the boards' specs.
+# The facts live in mfu/data/gpus.yaml (one entry per part, each with its sources); this
+# module only turns an entry into a GPUSpec. Adding a GPU = one entry there + its test.
 
-_A100_40_MIG = {"1g.5gb": 14, "1g.10gb": 14, "2g.10gb": 28, "3g.20gb": 42, "4g.20gb": 56,
-                "7g.40gb": 98}  # [MIG] A100-SXM4-40GB lgip; 7g has 98 of 108 SMs
-_A100_80_MIG = {"1g.10gb": 14, "1g.20gb": 14, "2g.20gb": 28, "3g.40gb": 42, "4g.40gb": 56,
-                "7g.80gb": 98}  # [MIG] A100 80GB: same SMs, profile names by memory
-_H100_80_MIG = {"1g.10gb": 16, "1g.20gb": 26, "2g.20gb": 32, "3g.40gb": 60, "4g.40gb": 64,
-                "7g.80gb": 132}  # [MIG] H100 80GB HBM3 lgip (1g.20gb has 26 SMs, not 16)
-_H100_94_MIG = {"1g.12gb": 16, "1g.24gb": 26, "2g.24gb": 32, "3g.47gb": 60, "4g.47gb": 64,
-                "7g.94gb": 132}  # [MIG] H100 NVL lgip (gpu-operator PR #900)
-_H200_MIG = {"1g.18gb": 16, "1g.35gb": 26, "2g.35gb": 32, "3g.71gb": 60, "4g.71gb": 64,
-             "7g.141gb": 132}  # [MIG] H200 lgip (mig-parted issue #120)
-_GH200_96_MIG = {"1g.12gb": 16, "1g.24gb": 26, "2g.24gb": 32, "3g.48gb": 60, "4g.48gb": 64,
-                 "7g.96gb": 132}  # [MIG] H100 on GH200 96GB, same SM split as H100
-_GH200_144_MIG = {"1g.18gb": 16, "1g.36gb": 26, "2g.36gb": 32, "3g.72gb": 60,
-                  "4g.72gb": 64, "7g.144gb": 132}  # [MIG] GH200 144G lgip (mig-parted #139)
-# Blackwell: only the profiles whose SM counts were published in lgip output are listed;
-# the 3g/4g/7g SM counts are not, so those profiles raise until an operator adds them.
-_B200_MIG = {"1g.23gb": 18, "1g.45gb": 30, "2g.45gb": 36}  # [MIG] B200 lgip (gpu-operator #1242)
-_GB200_MIG = {"1g.23gb": 18, "1g.24gb": 18, "1g.47gb": 32, "2g.47gb": 38}  # [MIG] gpu-operator #1303
-
-_HOPPER_SXM_PEAKS = {
-    # [H100WP] Table 3, H100 SXM5 dense column. FP64 = FP64 Tensor Core (66.9; vector is 33.5).
-    "fp64": 66.9e12, "fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12,
-    "fp16": 989.4e12, "fp8": 1978.9e12, "int8": 1978.9e12,
-}
-_HOPPER_NVL_PEAKS = {
-    # [H100DS]/[H200DS] NVL column: FP64 30, FP64 TC 60, FP32 60, TF32 835*, BF16/FP16 1671*,
-    # FP8 3341*, INT8 3341* (* = with sparsity; dense is half).
-    "fp64": 60e12, "fp32": 60e12, "tf32": 417.5e12, "bf16": 835.5e12,
-    "fp16": 835.5e12, "fp8": 1670.5e12, "int8": 1670.5e12,
-}
-_A100_PEAKS = {
-    # [A100] FP64 9.7, FP64 TC 19.5, FP32 19.5, TF32 156 | 312*, BF16/FP16 312 | 624*,
-    # INT8 624 | 1248*. Same for SXM4 and PCIe, 40 and 80 GB.
-    "fp64": 19.5e12, "fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12, "fp16": 312e12,
-    "int8": 624e12,
-}
-_MI300_PEAKS = {
-    # [MI300X]/[MI325X]: FP64 matrix 163.4 (vector 81.7), FP32 vector 163.4,
-    # TF32 653.7, FP16/BF16 1307.4, FP8 2614.9, INT8 2614.9 TOPS (dense; sparse is 2x).
-    "fp64": 163.4e12, "fp32": 163.4e12, "tf32": 653.7e12, "bf16": 1307.4e12,
-    "fp16": 1307.4e12, "fp8": 2614.9e12, "int8": 2614.9e12,
-}
+DATA_FILE = Path(__file__).with_name("data") / "gpus.yaml"
 
 
-def _nvidia(**fields: Any) -> GPUSpec:
-    return GPUSpec(vendor="nvidia", **fields)
+def _scaled(value: Any, exponent: int) -> float:
+    """``value`` x 10**exponent, rounded once: "989.4" TFLOP/s gives exactly 989.4e12 (a
+    float multiplication by 1e12 can be one ulp off the literal, and tests compare exactly)."""
+    return float(f"{float(value)!r}e{exponent}")
 
 
-BUILTIN_SPECS: tuple[GPUSpec, ...] = (
-    # ---- Ampere A100: 108 SMs, 1410 MHz boost (A100 whitepaper Table 1).
-    _nvidia(name="NVIDIA A100-SXM4-40GB", family="a100", form_factor="SXM4",
-            device_names=("NVIDIA A100-SXM4-40GB", "A100-SXM4-40GB"),
-            compute_units=108, boost_clock_mhz=1410, memory_gb=40,
-            memory_bandwidth_bytes_per_s=1555e9, peak_flops_per_s=_A100_PEAKS,
-            mig_profiles=_A100_40_MIG, mig_compute_slice_sms=14,
-            source="NVIDIA A100 datasheet (SXM4 40GB column)"),
-    _nvidia(name="NVIDIA A100-SXM4-80GB", family="a100", form_factor="SXM4",
-            device_names=("NVIDIA A100-SXM4-80GB", "A100-SXM4-80GB", "NVIDIA A100-SXM-80GB"),
-            compute_units=108, boost_clock_mhz=1410, memory_gb=80,
-            memory_bandwidth_bytes_per_s=2039e9, peak_flops_per_s=_A100_PEAKS,
-            mig_profiles=_A100_80_MIG, mig_compute_slice_sms=14,
-            source="NVIDIA A100 datasheet (SXM4 80GB column)"),
-    _nvidia(name="NVIDIA A100-PCIE-40GB", family="a100", form_factor="PCIe",
-            device_names=("NVIDIA A100-PCIE-40GB", "A100-PCIE-40GB", "NVIDIA A100 40GB PCIe"),
-            compute_units=108, boost_clock_mhz=1410, memory_gb=40,
-            memory_bandwidth_bytes_per_s=1555e9, peak_flops_per_s=_A100_PEAKS,
-            mig_profiles=_A100_40_MIG, mig_compute_slice_sms=14,
-            source="NVIDIA A100 datasheet (PCIe 40GB column)"),
-    _nvidia(name="NVIDIA A100 80GB PCIe", family="a100", form_factor="PCIe",
-            device_names=("NVIDIA A100 80GB PCIe", "NVIDIA A100-PCIE-80GB"),
-            compute_units=108, boost_clock_mhz=1410, memory_gb=80,
-            memory_bandwidth_bytes_per_s=1935e9, peak_flops_per_s=_A100_PEAKS,
-            mig_profiles=_A100_80_MIG, mig_compute_slice_sms=14,
-            source="NVIDIA A100 datasheet (PCIe 80GB column)"),
-    # ---- Hopper. Tensor peaks assume 1830 MHz on SXM5 (989.4e12 = 132 SMs x 4096
-    # FLOP/clk x 1.83 GHz) while FP32/FP64 assume the 1980 MHz max boost ([H100WP]).
-    _nvidia(name="NVIDIA H100 SXM5 80GB", family="h100", form_factor="SXM5",
-            device_names=("NVIDIA H100 80GB HBM3", "NVIDIA H100 SXM5 80GB", "H100 80GB HBM3"),
-            compute_units=132, boost_clock_mhz=1980, tensor_clock_mhz=1830, memory_gb=80,
-            memory_bandwidth_bytes_per_s=3.35e12, peak_flops_per_s=_HOPPER_SXM_PEAKS,
-            mig_profiles=_H100_80_MIG,
-            source="NVIDIA H100 whitepaper Table 3 (SXM5, dense); H100 datasheet (SXM)"),
-    _nvidia(name="NVIDIA H100 PCIe", family="h100", form_factor="PCIe",
-            device_names=("NVIDIA H100 PCIe",),
-            # [H100WP] Table 3 PCIe: FP64 TC 51.2, FP32 51.2, TF32 378, FP16/BF16 756,
-            # FP8/INT8 1513 (dense). 114 SMs; tensor peak at 1620 MHz, 1755 MHz boost.
-            compute_units=114, boost_clock_mhz=1755, tensor_clock_mhz=1620, memory_gb=80,
-            memory_bandwidth_bytes_per_s=2.0e12,
-            peak_flops_per_s={"fp64": 51.2e12, "fp32": 51.2e12, "tf32": 378e12,
-                              "bf16": 756e12, "fp16": 756e12, "fp8": 1513e12,
-                              "int8": 1513e12},
-            source="NVIDIA H100 whitepaper Table 3 (PCIe, dense); H100 datasheet (PCIe)",
-            notes="MIG SM counts for the 114-SM PCIe part are not in the catalog"),
-    _nvidia(name="NVIDIA H100 NVL", family="h100", form_factor="NVL",
-            device_names=("NVIDIA H100 NVL",),
-            compute_units=132, boost_clock_mhz=1785, tensor_clock_mhz=1545, memory_gb=94,
-            memory_bandwidth_bytes_per_s=3.9e12, peak_flops_per_s=_HOPPER_NVL_PEAKS,
-            mig_profiles=_H100_94_MIG,
-            source="NVIDIA H100 datasheet (H100 NVL column, per GPU, sparse/2)",
-            notes="tensor_clock_mhz derived: 835.5e12 / (132 SMs x 4096 FLOP/clk)"),
-    _nvidia(name="NVIDIA H200", family="h200", form_factor="SXM5",
-            device_names=("NVIDIA H200", "NVIDIA H200 141GB HBM3e"),
-            compute_units=132, boost_clock_mhz=1980, tensor_clock_mhz=1830, memory_gb=141,
-            memory_bandwidth_bytes_per_s=4.8e12, peak_flops_per_s=_HOPPER_SXM_PEAKS,
-            mig_profiles=_H200_MIG,
-            source="NVIDIA H200 datasheet (SXM: same GH100 compute as H100 SXM5; "
-                   "dense values from H100 whitepaper Table 3)"),
-    _nvidia(name="NVIDIA H200 NVL", family="h200", form_factor="NVL",
-            device_names=("NVIDIA H200 NVL",),
-            compute_units=132, boost_clock_mhz=1785, tensor_clock_mhz=1545, memory_gb=141,
-            memory_bandwidth_bytes_per_s=4.8e12, peak_flops_per_s=_HOPPER_NVL_PEAKS,
-            mig_profiles=_H200_MIG,
-            source="NVIDIA H200 datasheet (H200 NVL column, sparse/2)",
-            notes="MIG table assumed equal to H200 SXM (same 141 GB, 132 SMs)"),
-    _nvidia(name="NVIDIA GH200 480GB", family="gh200", form_factor="Superchip",
-            device_names=("NVIDIA GH200 480GB", "NVIDIA GH200 96GB HBM3"),
-            compute_units=132, boost_clock_mhz=1980, tensor_clock_mhz=1830, memory_gb=96,
-            memory_bandwidth_bytes_per_s=4.0e12, peak_flops_per_s=_HOPPER_SXM_PEAKS,
-            mig_profiles=_GH200_96_MIG,
-            source="NVIDIA GH200 datasheet (96GB HBM3 GPU + 480GB LPDDR5X; H100 SXM compute)"),
-    _nvidia(name="NVIDIA GH200 144G HBM3e", family="gh200", form_factor="Superchip",
-            device_names=("NVIDIA GH200 144G HBM3e", "NVIDIA GH200 144GB HBM3e"),
-            compute_units=132, boost_clock_mhz=1980, tensor_clock_mhz=1830, memory_gb=144,
-            memory_bandwidth_bytes_per_s=4.9e12, peak_flops_per_s=_HOPPER_SXM_PEAKS,
-            mig_profiles=_GH200_144_MIG,
-            source="NVIDIA GH200 datasheet (144GB HBM3e GPU; H100 SXM compute)"),
-    # ---- Blackwell. Per-GPU values = 8-GPU (HGX) or 72-GPU (NVL72) totals / N, sparse / 2.
-    _nvidia(name="NVIDIA B200", family="b200", form_factor="SXM",
-            device_names=("NVIDIA B200", "NVIDIA B200 180GB HBM3e"),
-            # [B200] HGX B200: FP64/FP64 TC 296 TF, FP32 600 TF, TF32 18 PF*, FP16/BF16 36 PF*,
-            # FP8 72 PF*, INT8 72 POPS* for 8 GPUs.
-            compute_units=148, boost_clock_mhz=1965, tensor_clock_mhz=1856, memory_gb=180,
-            memory_bandwidth_bytes_per_s=8e12,
-            peak_flops_per_s={"fp64": 37e12, "fp32": 75e12, "tf32": 1.125e15,
-                              "bf16": 2.25e15, "fp16": 2.25e15, "fp8": 4.5e15,
-                              "int8": 4.5e15},
-            mig_profiles=_B200_MIG,
-            source="NVIDIA HGX B200 datasheet (8-GPU totals / 8, sparse / 2)",
-            notes="tensor_clock_mhz derived: 2.25e15 / (148 SMs x 8192 FLOP/clk)"),
-    _nvidia(name="NVIDIA GB200", family="gb200", form_factor="Superchip",
-            device_names=("NVIDIA GB200",),
-            # [GB200] NVL72: FP64/FP64 TC 3,240 TF, FP32 6,480 TF, TF32 180 PF*,
-            # FP16/BF16 360 PF*, FP8 720 PF*, INT8 720 POPS* for 72 GPUs.
-            compute_units=148, boost_clock_mhz=2062, memory_gb=186,
-            memory_bandwidth_bytes_per_s=8e12,
-            peak_flops_per_s={"fp64": 45e12, "fp32": 90e12, "tf32": 1.25e15,
-                              "bf16": 2.5e15, "fp16": 2.5e15, "fp8": 5e15, "int8": 5e15},
-            mig_profiles=_GB200_MIG,
-            source="NVIDIA GB200 NVL72 datasheet (72-GPU totals / 72, sparse / 2)",
-            notes="boost_clock_mhz derived: 2.5e15 / (148 SMs x 8192 FLOP/clk)"),
-    # ---- Ada / Ampere inference boards.
-    _nvidia(name="NVIDIA L40S", family="l40s", form_factor="PCIe",
-            device_names=("NVIDIA L40S",),
-            # [L40S] FP32 91.6, TF32 183 | 366*, BF16/FP16 362.05 | 733*, FP8 733 | 1466*,
-            # INT8 733 | 1466*. No FP64 figure is published (FP64 is 1/64 rate).
-            compute_units=142, boost_clock_mhz=2520, memory_gb=48,
-            memory_bandwidth_bytes_per_s=864e9,
-            peak_flops_per_s={"fp32": 91.6e12, "tf32": 183e12, "bf16": 362.05e12,
-                              "fp16": 362.05e12, "fp8": 733e12, "int8": 733e12},
-            source="NVIDIA L40S datasheet",
-            notes="datasheet BF16 dense 362.05 is ~1% below half its 733 sparse figure; kept"),
-    _nvidia(name="NVIDIA L4", family="l4", form_factor="PCIe",
-            device_names=("NVIDIA L4",),
-            # [L4] FP32 30.3, TF32 120*, BF16/FP16 242*, FP8 485*, INT8 485* (sparse).
-            compute_units=58, boost_clock_mhz=2040, memory_gb=24,
-            memory_bandwidth_bytes_per_s=300e9,
-            peak_flops_per_s={"fp32": 30.3e12, "tf32": 60e12, "bf16": 121e12,
-                              "fp16": 121e12, "fp8": 242.5e12, "int8": 242.5e12},
-            source="NVIDIA L4 datasheet (sparse / 2)"),
-    _nvidia(name="NVIDIA A10", family="a10", form_factor="PCIe",
-            device_names=("NVIDIA A10",),
-            # [A10] FP32 31.2, TF32 62.5 | 125*, BF16/FP16 125 | 250*, INT8 250 | 500*.
-            compute_units=72, boost_clock_mhz=1695, memory_gb=24,
-            memory_bandwidth_bytes_per_s=600e9,
-            peak_flops_per_s={"fp32": 31.2e12, "tf32": 62.5e12, "bf16": 125e12,
-                              "fp16": 125e12, "int8": 250e12},
-            source="NVIDIA A10 datasheet"),
-    _nvidia(name="NVIDIA A10G", family="a10g", form_factor="PCIe",
-            device_names=("NVIDIA A10G",),
-            # AWS-only part, no NVIDIA datasheet. 80 SMs at 1710 MHz, tensor FP16/BF16 with
-            # FP32 accumulate at half the A10's per-SM rate (GA102 consumer rate):
-            # 80 x 512 FLOP/clk x 1.71 GHz = 70 TF; TF32 35, INT8 140, FP32 35.
-            compute_units=80, boost_clock_mhz=1710, memory_gb=24,
-            memory_bandwidth_bytes_per_s=600e9,
-            peak_flops_per_s={"fp32": 35e12, "tf32": 35e12, "bf16": 70e12, "fp16": 70e12,
-                              "int8": 140e12},
-            source="AWS EC2 G5 documentation; derived from SMs x clock (no NVIDIA datasheet)",
-            notes="uncertain: derived, not from a vendor datasheet"),
-    # ---- Volta: FP16 tensor only (no BF16/TF32); fp64 is the vector rate (no FP64 TC).
-    _nvidia(name="Tesla V100-SXM2-16GB", family="v100", form_factor="SXM2",
-            device_names=("Tesla V100-SXM2-16GB",),
-            compute_units=80, boost_clock_mhz=1530, memory_gb=16,
-            memory_bandwidth_bytes_per_s=900e9,
-            peak_flops_per_s={"fp64": 7.8e12, "fp32": 15.7e12, "fp16": 125e12},
-            source="NVIDIA V100 datasheet (SXM2 column)"),
-    _nvidia(name="Tesla V100-SXM2-32GB", family="v100", form_factor="SXM2",
-            device_names=("Tesla V100-SXM2-32GB",),
-            compute_units=80, boost_clock_mhz=1530, memory_gb=32,
-            memory_bandwidth_bytes_per_s=900e9,
-            peak_flops_per_s={"fp64": 7.8e12, "fp32": 15.7e12, "fp16": 125e12},
-            source="NVIDIA V100 datasheet (SXM2 column)"),
-    _nvidia(name="Tesla V100-PCIE-16GB", family="v100", form_factor="PCIe",
-            device_names=("Tesla V100-PCIE-16GB",),
-            compute_units=80, boost_clock_mhz=1380, memory_gb=16,
-            memory_bandwidth_bytes_per_s=900e9,
-            peak_flops_per_s={"fp64": 7e12, "fp32": 14e12, "fp16": 112e12},
-            source="NVIDIA V100 datasheet (PCIe column)"),
-    _nvidia(name="Tesla V100-PCIE-32GB", family="v100", form_factor="PCIe",
-            device_names=("Tesla V100-PCIE-32GB",),
-            compute_units=80, boost_clock_mhz=1380, memory_gb=32,
-            memory_bandwidth_bytes_per_s=900e9,
-            peak_flops_per_s={"fp64": 7e12, "fp32": 14e12, "fp16": 112e12},
-            source="NVIDIA V100 datasheet (PCIe column)"),
-    _nvidia(name="Tesla V100S-PCIE-32GB", family="v100s", form_factor="PCIe",
-            device_names=("Tesla V100S-PCIE-32GB",),
-            compute_units=80, boost_clock_mhz=1597, memory_gb=32,
-            memory_bandwidth_bytes_per_s=1134e9,
-            peak_flops_per_s={"fp64": 8.2e12, "fp32": 16.4e12, "fp16": 130e12},
-            source="NVIDIA V100 datasheet (V100S PCIe column)"),
-    # ---- AMD CDNA2: ROCm shows each MI250X/MI250 GCD as its own device, so entries are
-    # per GCD (half of the per-OAM datasheet figures).
-    GPUSpec(name="AMD Instinct MI250X", vendor="amd", family="mi250x", form_factor="OAM",
-            device_names=("AMD Instinct MI250X", "Instinct MI250X"),
-            compute_units=110, compute_unit_kind="CU", boost_clock_mhz=1700, memory_gb=64,
-            memory_bandwidth_bytes_per_s=1.6384e12,
-            # [MI250X] per OAM: FP64 matrix 95.7, FP32 vector 47.9, FP16/BF16 383, INT8 383.
-            peak_flops_per_s={"fp64": 47.85e12, "fp32": 23.95e12, "bf16": 191.5e12,
-                              "fp16": 191.5e12, "int8": 191.5e12},
-            source="AMD Instinct MI250X data sheet (per OAM / 2 GCDs)",
-            notes="per GCD (one ROCm device); an OAM package is two devices"),
-    GPUSpec(name="AMD Instinct MI250", vendor="amd", family="mi250", form_factor="OAM",
-            device_names=("AMD Instinct MI250", "Instinct MI250"),
-            compute_units=104, compute_unit_kind="CU", boost_clock_mhz=1700, memory_gb=64,
-            memory_bandwidth_bytes_per_s=1.6384e12,
-            # [MI250X] MI250 per OAM: FP64 matrix 90.5, FP32 vector 45.3, FP16/BF16 362.1.
-            peak_flops_per_s={"fp64": 45.25e12, "fp32": 22.65e12, "bf16": 181.05e12,
-                              "fp16": 181.05e12, "int8": 181.05e12},
-            source="AMD Instinct MI250 data sheet (per OAM / 2 GCDs)",
-            notes="per GCD (one ROCm device); an OAM package is two devices"),
-    GPUSpec(name="AMD Instinct MI300X", vendor="amd", family="mi300x", form_factor="OAM",
-            device_names=("AMD Instinct MI300X", "AMD Instinct MI300X OAM",
-                          "AMD Instinct MI300X VF"),
-            compute_units=304, compute_unit_kind="CU", boost_clock_mhz=2100, memory_gb=192,
-            memory_bandwidth_bytes_per_s=5.3e12, peak_flops_per_s=_MI300_PEAKS,
-            source="AMD Instinct MI300X data sheet"),
-    GPUSpec(name="AMD Instinct MI325X", vendor="amd", family="mi325x", form_factor="OAM",
-            device_names=("AMD Instinct MI325X", "AMD Instinct MI325X OAM"),
-            compute_units=304, compute_unit_kind="CU", boost_clock_mhz=2100, memory_gb=256,
-            memory_bandwidth_bytes_per_s=6.0e12, peak_flops_per_s=_MI300_PEAKS,
-            source="AMD Instinct MI325X data sheet (same compute as MI300X)"),
-    # ---- Google TPU v4, for reproducing published TPU runs (PaLM). Per chip.
-    GPUSpec(name="TPU v4", vendor="google", form_factor="TPU",
-            device_names=("TPU v4", "Google TPU v4"),
-            compute_units=2, compute_unit_kind="TensorCore", boost_clock_mhz=1050,
-            memory_gb=32, memory_bandwidth_bytes_per_s=1.2e12,
-            peak_flops_per_s={"bf16": 275e12},
-            source="Google Cloud TPU v4 documentation; PaLM (Chowdhery et al. 2022) §4"),
-)
+def spec_fields(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """GPUSpec fields from one data-file entry (``dense_peak_tflops``, ``peak_tflops``,
+    ``memory_bandwidth_gb_per_s`` and ``mig_profiles`` with ``{sms, memory_slices}`` are
+    converted; every other key is a GPUSpec field as it is)."""
+    fields = dict(entry)
+    for key in ("dense_peak_tflops", "peak_tflops"):
+        tflops = fields.pop(key, None)
+        if tflops is None:
+            continue
+        if not isinstance(tflops, Mapping):
+            raise ValueError(f"{key} must be an object (precision -> TFLOP/s)")
+        fields["peak_flops_per_s"] = {str(k): _scaled(v, 12) for k, v in tflops.items()}
+    bandwidth = fields.pop("memory_bandwidth_gb_per_s", None)
+    if bandwidth is not None:
+        fields["memory_bandwidth_bytes_per_s"] = _scaled(bandwidth, 9)
+    mig = fields.get("mig_profiles")
+    if isinstance(mig, Mapping) and any(isinstance(v, Mapping) for v in mig.values()):
+        sms: dict[str, int] = {}
+        slices: dict[str, int] = {}
+        for profile, body in mig.items():
+            if isinstance(body, Mapping):
+                sms[profile] = body["sms"]
+                if "memory_slices" in body:
+                    slices[profile] = body["memory_slices"]
+            else:
+                sms[profile] = body
+        fields["mig_profiles"] = sms
+        fields["mig_memory_slices"] = {**slices, **dict(fields.get("mig_memory_slices") or {})}
+    if "device_names" in fields:
+        fields["device_names"] = tuple(fields["device_names"])
+    return fields
+
+
+def load_specs(path: Path = DATA_FILE) -> tuple[GPUSpec, ...]:
+    """Every GPUSpec in a GPU facts file (default: the packaged mfu/data/gpus.yaml)."""
+    entries = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of GPU entries")
+    specs = []
+    for i, entry in enumerate(entries):
+        name = entry.get("name", f"entry {i}") if isinstance(entry, Mapping) else f"entry {i}"
+        try:
+            specs.append(GPUSpec.model_validate(spec_fields(entry)))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{path}: GPU {name!r}: {exc}") from exc
+    return tuple(specs)
+
+
+BUILTIN_SPECS: tuple[GPUSpec, ...] = load_specs()
 
 _DEFAULT = Catalog(BUILTIN_SPECS)
 
@@ -732,11 +554,10 @@ def spec_from_override(name: str, body: Mapping[str, Any], catalog: Catalog | No
         # generic names ("H100") ambiguous between the part and its override.
         data["device_names"] = ()
         data["family"] = None
-    tflops = fields.pop("peak_tflops", None)
-    if tflops is not None:
-        if not isinstance(tflops, Mapping):
-            raise ValueError(f"override for {name!r}: peak_tflops must be an object")
-        fields["peak_flops_per_s"] = {str(k): float(v) * 1e12 for k, v in tflops.items()}
+    try:
+        fields = spec_fields(fields)  # the data file's units and MIG form are accepted too
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"override for {name!r}: {exc}") from exc
     if base_name is not None and "peak_flops_per_s" in fields:
         # based_on: the given precisions replace the base's, the others are kept.
         fields["peak_flops_per_s"] = {**data["peak_flops_per_s"], **fields["peak_flops_per_s"]}
