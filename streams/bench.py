@@ -50,7 +50,8 @@ GPU = "NVIDIA H100 80GB HBM3"
 GPUS_PER_NODE = 8
 T0 = 1_700_000_000  # throughput run: event times in the past (window-aligned)
 BENCH_MFU = 0.4  # every GPU reports FLOPs at this share of its peak
-KINDS = ("telemetry", "flops", "workload", "node", "fleet", "deadletter", "late", "partials")
+KINDS = ("telemetry", "flops", "workload", "node", "fleet", "deadletter", "late", "partials",
+         "peer")
 TARGET_SAMPLES_PER_S = 50_000
 
 
@@ -354,6 +355,82 @@ def faust_floor(run: Run, messages: int, workdir: Path) -> dict[str, float]:
             run.admin.delete_topics([f"{run.app_id}-floor-__assignor-__leader"])
 
 
+# --------------------------------------------------------------------------- the peer
+
+PEER_DIR = Path(__file__).resolve().parent.parent / "bench" / "peers"
+PEER_REQUIREMENTS = PEER_DIR / "requirements-quixstreams.txt"
+
+
+def peer_python() -> Path:
+    """The Python of the quixstreams peer's own venv, made once in the service cache.
+
+    quixstreams 3.28 pins confluent-kafka < 2.13 and pydantic < 2.14, older than this
+    project's pins, so the peer cannot share our venv; its venv is installed from the
+    pinned ``bench/peers/requirements-quixstreams.txt`` (about a minute, once).
+    """
+    from devenv.paths import cache_dir
+
+    pins = PEER_REQUIREMENTS.read_text()
+    version = next(line.split("==")[1] for line in pins.splitlines()
+                   if line.startswith("quixstreams=="))
+    venv = cache_dir() / "bench" / f"quixstreams-{version}"
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    if stamp.exists() and stamp.read_text() == pins:
+        return python
+    print(f"bench: installing the quixstreams {version} peer into {venv} (once)",
+          file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "-r",
+                    str(PEER_REQUIREMENTS)], check=True)
+    stamp.write_text(pins)
+    return python
+
+
+def quixstreams_peer(run: Run, nodes: int, last_window_s: float, windows: WindowSettings,
+                     workdir: Path, timeout_s: float) -> dict[str, float]:
+    """Run ``bench/peers/quixstreams_node.py`` on ``run``'s input topics (same messages as
+    the worker): seconds from its first message to every node's last window emitted."""
+    env = dict(os.environ)
+    env.update({"PEER_BOOTSTRAP": run.kafka.bootstrap, "PEER_TELEMETRY": run.topics["telemetry"],
+                "PEER_FLOPS": run.topics["flops"], "PEER_OUTPUT": run.topics["peer"],
+                "PEER_GROUP": f"{run.app_id}-peer", "PEER_WINDOW_S": str(windows.size_s),
+                "PEER_GRACE_S": str(windows.grace_s),
+                "PEER_PEAK_FLOPS_PER_S": repr(peak_flops_per_s(GPU, "bf16")),
+                "PEER_LAST_WINDOW_S": repr(last_window_s), "PEER_NODES": str(nodes),
+                "PEER_STATE_DIR": str(workdir / "peer-state")})
+    proc = subprocess.Popen([str(peer_python()), str(PEER_DIR / "quixstreams_node.py")],
+                            env=env, cwd=workdir, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    output: list[str] = []
+    timer = threading.Timer(timeout_s, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("PEER "):
+                _, wall, cpu, count = line.split()
+                return {"seconds": float(wall), "cpu_seconds": float(cpu),
+                        "windows": float(count)}
+        raise BenchError("quixstreams peer exited early:\n" + "".join(output[-30:]))
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        for name in run.admin.list_topics(timeout=10).topics:
+            if name.startswith(f"{run.app_id}-peer") or name.startswith(f"repartition__{run.app_id}-peer") \
+                    or name.startswith(f"changelog__{run.app_id}-peer"):
+                with contextlib.suppress(Exception):
+                    run.admin.delete_topics([name])
+
+
 def bench_throughput(kafka: KafkaSettings, args: argparse.Namespace) -> dict[str, Any]:
     windows = WindowSettings(size_s=args.window_s, grace_s=args.grace_s)
     seconds = math.ceil(args.samples / (args.nodes * GPUS_PER_NODE))
@@ -368,11 +445,13 @@ def bench_throughput(kafka: KafkaSettings, args: argparse.Namespace) -> dict[str
         produce_s = time.perf_counter() - t
         ceiling = bare_consumer(run, messages)
         floor = faust_floor(run, messages, workdir)
+        last_ws = float(T0 + seconds - windows.size_s)
+        peer = (None if args.no_peer else
+                quixstreams_peer(run, args.nodes, last_ws, windows, workdir, args.timeout_s))
         worker = Worker(run.env({"size_s": windows.size_s, "grace_s": windows.grace_s}),
                         workdir, args.profile)
         try:
             assigned = wait_assigned(run, worker)
-            last_ws = float(T0 + seconds - windows.size_s)
             done, rec = wait_for_window(run, worker, last_ws, args.timeout_s)
         finally:
             worker.stop()
@@ -390,6 +469,12 @@ def bench_throughput(kafka: KafkaSettings, args: argparse.Namespace) -> dict[str
             "faust_floor_s": floor["seconds"], "faust_floor_cpu_s": floor["cpu_seconds"],
             "faust_floor_samples_per_s": samples / floor["seconds"],
             "ratio_to_faust_floor": rate / (samples / floor["seconds"]),
+            "peer": "quixstreams " + PEER_REQUIREMENTS.read_text().split("quixstreams==")[1]
+            .split()[0] if peer else None,
+            "peer_s": peer["seconds"] if peer else None,
+            "peer_cpu_s": peer["cpu_seconds"] if peer else None,
+            "peer_samples_per_s": samples / peer["seconds"] if peer else None,
+            "ratio_to_peer": rate / (samples / peer["seconds"]) if peer else None,
             "last_window_fleet_mfu": rec["mfu"], "last_window_gpus": rec["gpus"],
             "mfu_ok": rec["mfu"] is not None and abs(rec["mfu"] - BENCH_MFU) < 1e-9
             and rec["gpus"] == args.nodes * GPUS_PER_NODE,
@@ -591,8 +676,14 @@ def _print(result: dict[str, Any]) -> None:
         print(f"  bare Faust agent       {tp['faust_floor_samples_per_s']:>10,.0f} GPU samples/s "
               f"(same iteration + JSON, no windowing: the floor of a Faust worker; "
               f"{tp['faust_floor_s']:.2f} s, {tp['faust_floor_cpu_s']:.2f} s CPU)")
+        if tp.get("peer"):
+            print(f"  {tp['peer']:<22} {tp['peer_samples_per_s']:>10,.0f} GPU samples/s "
+                  f"(the peer: node-level windows only, no validation/dedup/roll-up/InfluxDB; "
+                  f"{tp['peer_s']:.2f} s, {tp['peer_cpu_s']:.2f} s CPU)")
         print(f"  ratio worker / ceiling {tp['ratio']:>10.2f}   (worker / bare Faust "
               f"{tp['ratio_to_faust_floor']:.2f})")
+        if tp.get("peer"):
+            print(f"  ratio worker / peer    {tp['ratio_to_peer']:>10.2f}   (product/peer)")
         print(f"  fleet MFU of the last window {tp['last_window_fleet_mfu']} over "
               f"{tp['last_window_gpus']} GPUs ({'ok' if tp['mfu_ok'] else 'WRONG'})")
         print(f"  target >= {TARGET_SAMPLES_PER_S:,} GPU samples/s per worker: "
@@ -626,6 +717,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace-s", type=float, default=2.0)
     parser.add_argument("--timeout-s", type=float, default=600.0,
                         help="give up on the throughput worker after this long")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="skip the quixstreams peer (it needs its own venv, made once)")
     parser.add_argument("--profile", type=Path, help="run the throughput worker under "
                         "cProfile, writing stats here (read with python -m pstats)")
     parser.add_argument("--latency-s", type=float, default=30.0, help="paced feed length")
