@@ -29,8 +29,8 @@ W = WindowSettings(size_s=10, grace_s=2, idle_timeout_s=5)
 
 
 def test_mig_shares_come_from_the_catalog() -> None:
-    assert PM == pytest.approx(P * 60 / 132)
-    assert BM == pytest.approx(B * 4 / 8)
+    assert pytest.approx(P * 60 / 132) == PM
+    assert pytest.approx(B * 4 / 8) == BM
 
 
 def smp(node: str, gpu: str, t: int, workloads: list[str], *, sm: float | None = 0.9,
@@ -200,8 +200,8 @@ def test_workloads_of_each_source() -> None:
 
 
 def test_fleet_and_cross_node_workload() -> None:
-    n1, p1 = close_node(node1_events())
-    n2, p2 = close_node(node2_events())
+    _, p1 = close_node(node1_events())
+    _, p2 = close_node(node2_events())
     fleet = RollupWindow.start(p1["*fleet"])
     assert fleet.add(p2["*fleet"])
     rec = fleet.close("f")
@@ -269,9 +269,7 @@ def test_merge_in_any_order_gives_the_same_record() -> None:
         for r in records[1:]:
             assert r.keys() == first.keys()
             for k, v in first.items():
-                if isinstance(v, float):
-                    assert r[k] == pytest.approx(v, rel=1e-12), k
-                elif isinstance(v, dict):
+                if isinstance(v, float | dict):
                     assert r[k] == pytest.approx(v, rel=1e-12), k
                 else:
                     assert r[k] == v, k
