@@ -87,14 +87,15 @@ class GpuAcc:
     counters_s: float = 0.0
     none_s: float = 0.0
     # OFU: seconds with pipe counters; Σ activity × clock ratio × seconds per pipe, over
-    # all such samples and (c*) over the ``counters``-class ones only.
+    # all such samples and (i*) over the ``idle``-class ones (the ``counters`` class
+    # has the difference).
     pipe_s: float = 0.0
     tensor_eff_s: float = 0.0
     fp32_eff_s: float = 0.0
     fp64_eff_s: float = 0.0
-    c_tensor_eff_s: float = 0.0
-    c_fp32_eff_s: float = 0.0
-    c_fp64_eff_s: float = 0.0
+    i_tensor_eff_s: float = 0.0
+    i_fp32_eff_s: float = 0.0
+    i_fp64_eff_s: float = 0.0
     dram_s: float = 0.0  # Σ dram_active × seconds where known
     dram_seconds: float = 0.0
     energy_j: float = 0.0  # sample energy pro rata to the overlap
@@ -271,9 +272,10 @@ def _slice(g: GpuAcc, secs: float, sdk_s: float, eng_s: float, bytes_s: float,
         "src_counters_s": cnt, "src_none_s": none,
         "peak_flops": r.flops * known,
         "counters_peak_flops": r.flops * cnt,
-        "estimated_flops": ofu_flops(g.c_tensor_eff_s * u, g.c_fp32_eff_s * u,
-                                     g.c_fp64_eff_s * u, tensor_peak_flops_per_s=r.flops,
-                                     fp32_peak_flops_per_s=r.fp32, fp64_peak_flops_per_s=r.fp64),
+        "estimated_flops": ofu_flops(
+            (g.tensor_eff_s - g.i_tensor_eff_s) * u, (g.fp32_eff_s - g.i_fp32_eff_s) * u,
+            (g.fp64_eff_s - g.i_fp64_eff_s) * u, tensor_peak_flops_per_s=r.flops,
+            fp32_peak_flops_per_s=r.fp32, fp64_peak_flops_per_s=r.fp64),
         "ofu_flops": ofu_flops(g.tensor_eff_s * frac, g.fp32_eff_s * frac, g.fp64_eff_s * frac,
                                tensor_peak_flops_per_s=r.flops, fp32_peak_flops_per_s=r.fp32,
                                fp64_peak_flops_per_s=r.fp64),
@@ -347,6 +349,8 @@ class NodeWindow:
         # §8, per sample: the class of these seconds if no report covers them, and the
         # pipe activity x clock ratio sums OFU is computed from at close. The rules of
         # mfu.ofu.classify / clock_ratio, inlined (hot path; a test holds them equal).
+        # Idle samples' pipe sums are kept apart (they are rare and mostly zero), so the
+        # ``counters`` class's sums are total - idle at close: fewer adds per busy sample.
         f32 = s.fp32_active
         f64 = s.fp64_active
         if ta is None and f32 is None and f64 is None and s.fp16_active is None:
@@ -358,21 +362,30 @@ class NodeWindow:
             clk = s.sm_clock_mhz
             mx = s.max_sm_clock_mhz
             w_s = overlap_s if clk is None or not mx or clk >= mx else clk / mx * overlap_s
-            te = ta * w_s if ta is not None else 0.0
-            e32 = f32 * w_s if f32 is not None else 0.0
-            e64 = f64 * w_s if f64 is not None else 0.0
             g.pipe_s += overlap_s
-            g.tensor_eff_s += te
-            g.fp32_eff_s += e32
-            g.fp64_eff_s += e64
-            if (sm <= IDLE_SM_UTIL and (ta is None or ta <= IDLE_TENSOR_ACTIVE)) if sm is not None \
-                    else (ta is not None and ta <= IDLE_TENSOR_ACTIVE):
+            if sm is not None:
+                idle = sm <= IDLE_SM_UTIL and (ta is None or ta <= IDLE_TENSOR_ACTIVE)
+            else:
+                idle = ta is not None and ta <= IDLE_TENSOR_ACTIVE
+            if idle:
                 g.idle_s += overlap_s
             else:
                 g.counters_s += overlap_s
-                g.c_tensor_eff_s += te
-                g.c_fp32_eff_s += e32
-                g.c_fp64_eff_s += e64
+            if ta is not None:
+                te = ta * w_s
+                g.tensor_eff_s += te
+                if idle:
+                    g.i_tensor_eff_s += te
+            if f32 is not None:
+                e32 = f32 * w_s
+                g.fp32_eff_s += e32
+                if idle:
+                    g.i_fp32_eff_s += e32
+            if f64 is not None:
+                e64 = f64 * w_s
+                g.fp64_eff_s += e64
+                if idle:
+                    g.i_fp64_eff_s += e64
         d = s.dram_active
         if d is not None:
             g.dram_s += d * overlap_s
@@ -382,7 +395,7 @@ class NodeWindow:
             g.energy_j += e * (overlap_s / s.interval_s)
             g.energy_seconds += overlap_s
         tn = s.tenants
-        if tn and tn != g.last_tenants:
+        if tn and tn is not g.last_tenants and tn != g.last_tenants:
             g.tenants.update(tn)
             g.last_tenants = tn
 
