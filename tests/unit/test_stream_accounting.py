@@ -351,3 +351,39 @@ def test_influx_point_carries_the_new_fields_and_tags() -> None:
     assert f2["ofu"] == pytest.approx(0.5)
     n = wl(parts, "N")
     assert "regime=" not in to_line(n) and "tenant=" not in to_line(n)
+
+
+def test_partly_covered_gpu_splits_pro_rata_and_fleet_reason() -> None:
+    # Ten busy seconds (tensor 0.5, full clock) of which reports cover the first four.
+    ev: list[GpuSample | FlopReport] = []
+    for t in range(10):
+        ev.append(smp("n1", "g0", t, ["J"], tensor=0.5))
+        if t < 4:
+            ev.append(rep("J", "n1", "g0", t, 0.4 * P))
+    node, parts = close_node(ev)
+    assert sources(node) == pytest.approx(
+        {"reported": 4.0, "engine": 0.0, "idle": 0.0, "counters": 6.0, "none": 0.0})
+    assert node.mfu == pytest.approx(1.6 * P / (4 * P))  # 0.4 over the 4 known seconds
+    # Estimate: the 6 uncovered seconds at the window's counter average, 0.5 x P each.
+    assert node.estimated_flops == pytest.approx(3 * P)
+    assert node.mfu_estimated == pytest.approx((1.6 * P + 3 * P) / (10 * P))  # 0.46
+    assert wl(parts, "J").coverage == pytest.approx(0.4)
+    # A fleet of silent busy GPUs only: MFU unknown, with the reason, never 0.
+    _, silent = close_node([smp("n9", "x", t, ["Q"], tensor=0.3) for t in range(10)])
+    rec = RollupWindow.start(silent["*fleet"]).close("f")
+    assert rec.mfu is None and rec.mfu_reason is not None
+    assert "10 estimated from counters" in rec.mfu_reason
+    assert rec.mfu_estimated == pytest.approx(0.3) and rec.coverage == 0.0
+
+
+def test_energy_is_pro_rata_to_the_window_overlap() -> None:
+    st = NodeStage(W)
+    # One 2 s sample ending at T0 + 11 (covers [T0 + 9, T0 + 11)): half its 800 J is in W0.
+    st.add(GpuSample(event_id="e", node="n1", gpu_uuid="g0", gpu_index=0, gpu_name=H100,
+                     ts=T0 + 11, interval_s=2.0, sm_util=0.0, mem_util=0.0, tensor_active=0.0,
+                     energy_j=800.0))
+    w0, w1 = st.flush_idle()
+    r0, r1 = st.close(w0).records[0], st.close(w1).records[0]
+    assert r0.energy_j == pytest.approx(400.0) and r1.energy_j == pytest.approx(400.0)
+    assert r0.flops_per_j == 0.0  # an idle second is known: 0 FLOPs for 400 J
+    assert sources(r0)["idle"] == pytest.approx(1.0)
