@@ -265,6 +265,9 @@ class MfuWindow(Event):
     coverage: Ratio | None = None
     ofu: NonNegative | None = None
     mfu_estimated: NonNegative | None = None
+    # OFU-estimated model FLOPs of the ``counters`` GPU-seconds (total over the window,
+    # FLOPs; 0 where there are none): ``mfu_estimated``'s addition to ``achieved_flops``.
+    estimated_flops: NonNegative | None = None
     # Memory side: model bytes moved (total over the window, bytes) against peak
     # bandwidth x seconds; ``regime`` from arithmetic intensity vs the ridge point.
     mbu: NonNegative | None = None

@@ -2,7 +2,9 @@
 
 Measurement ``mfu``, one point per closed window and scope, timestamp = ``window_start``.
 Tags: ``scope``, ``key`` and low-cardinality context (``gpu_model``, ``precision``,
-``fleet``). Fields are always floats (``gpus`` too) so their type never changes.
+``fleet``; DESIGN.md §8: ``tenant`` on workload points and ``regime``, when known).
+Fields are always floats (``gpus`` too) so their type never changes; a field whose value
+is unknown (null in the record) is left out of the point.
 
 The writer is synchronous and retries with capped exponential backoff until the server
 acknowledges: an outage delays results, it never drops them (the caller commits input
@@ -25,7 +27,7 @@ from mfu.events import MfuWindow
 
 log = logging.getLogger("mfu.streams.influx")
 
-TAG_FIELDS = ("gpu_model", "precision", "fleet")
+TAG_FIELDS = ("gpu_model", "precision", "fleet", "tenant", "regime")
 
 
 def _escape_tag(value: str) -> str:
@@ -51,7 +53,26 @@ def point_fields(rec: MfuWindow) -> dict[str, float]:
         "expected_mfu": rec.expected_mfu,
         "late_events": float(rec.late_events),
         "duplicates": float(rec.duplicates),
+        "tokens": rec.tokens,
+        # DESIGN.md §8: sources, estimate, bandwidth, energy (names = the record's).
+        "coverage": rec.coverage,
+        "ofu": rec.ofu,
+        "mfu_estimated": rec.mfu_estimated,
+        "estimated_tflops": (rec.estimated_flops / window_s / 1e12
+                             if rec.estimated_flops is not None else None),
+        "mbu": rec.mbu,
+        "achieved_bytes": rec.achieved_bytes,
+        "peak_bytes": rec.peak_bytes,
+        "dram_active": rec.dram_active,
+        "energy_j": rec.energy_j,
+        "flops_per_j": rec.flops_per_j,
+        "tokens_per_j": rec.tokens_per_j,
     }
+    src = rec.flop_sources
+    if src is not None:
+        fields.update(flop_sources_reported=src.reported, flop_sources_engine=src.engine,
+                      flop_sources_idle=src.idle, flop_sources_counters=src.counters,
+                      flop_sources_none=src.none)
     return {k: float(v) for k, v in fields.items() if v is not None}
 
 

@@ -434,7 +434,9 @@ class SmallFleet:
         k = int(i // WINDOW_S)
         out: list[Event] = []
         for g in self.gpus:
-            out.append(sample(g.node, g.uuid, T0 + i + 1, [g.workload] if g.workload else []))
+            # The unallocated GPU is idle by its counters: a known zero (DESIGN.md §8).
+            out.append(sample(g.node, g.uuid, T0 + i + 1, [g.workload] if g.workload else [],
+                              **({} if g.workload else {"sm": 0.0, "tensor": 0.0})))
             if g.workload:
                 out.append(report(g.workload, g.node, g.uuid, T0 + i, T0 + i + 1,
                                   self.mfu(g, k) * self.peak, rank=g.rank))

@@ -73,6 +73,7 @@ class Gpu:
     rank: int = 0
     name: str = H100
     mig: str | None = None
+    idle: bool = False  # telemetry says idle (sm 0, tensor 0): a known zero, DESIGN.md §8
 
     @property
     def peak(self) -> float:
@@ -88,6 +89,8 @@ class Gpu:
 
     def sample(self, i: int, **kw: Any) -> GpuSample:
         """Telemetry for second ``i`` (event time ``[T0 + i, T0 + i + 1)``)."""
+        if self.idle:
+            kw = {"sm": 0.0, "tensor": 0.0, **kw}
         return sample(self.node, self.uuid, T0 + i + 1, self.workloads, name=self.name,
                       mig=self.mig, **kw)
 
@@ -128,8 +131,8 @@ def build(sfx: str) -> Scenario:
     s.add("mb", 2, [dict(workloads=[mn], mfu=0.50, rank=2),
                     dict(workloads=[mn], mfu=0.60, rank=3)])
     s.add("idle", 3, [dict(workloads=[idle], mfu=0.50, rank=0),
-                      dict(workloads=[idle]),  # allocated, reports no FLOPs
-                      dict(workloads=[]), dict(workloads=[])])  # unallocated
+                      dict(workloads=[idle], idle=True),  # allocated, reports no FLOPs
+                      dict(workloads=[], idle=True), dict(workloads=[], idle=True)])  # unallocated
     s.add("mig", 0, [dict(workloads=[s.job("miga")], mfu=0.30, mig="3g.40gb"),
                      dict(workloads=[s.job("migb")], mfu=0.20, mig="1g.10gb")])
     s.add("ooo", 1, [dict(workloads=[s.job("ooo")], mfu=0.50)])

@@ -117,7 +117,12 @@ def test_out_of_order_within_grace_is_on_time() -> None:
 
 def test_idle_allocated_gpu_counts_in_workload_denominator() -> None:
     st = NodeStage(W)
-    steady(st, "n1", ["g0", "g1"], "job", 10, {"g0": 0.6})  # g1 attributed, no FLOPs
+    # g1 attributed, no FLOPs, idle by its counters (a known zero, DESIGN.md §8; a busy
+    # silent GPU would be left out of MFU instead: tests/unit/test_stream_accounting.py)
+    for i in range(10):
+        st.add(sample("n1", "g0", T0 + i + 1, ["job"]))
+        st.add(sample("n1", "g1", T0 + i + 1, ["job"], sm=0.0, tensor=0.0))
+        st.add(report("job", "n1", "g0", T0 + i, T0 + i + 1, 0.6 * PEAK_H100))
     st.add(sample("n1", "g0", T0 + 12, ["job"]))
     (closed,) = close_all(st)
     (wp,) = [p for p in closed.partials if p.scope == "workload"]
@@ -130,7 +135,7 @@ def test_unallocated_gpu_lowers_node_but_not_allocated_mfu() -> None:
     st = NodeStage(W)
     for i in range(10):
         st.add(sample("n1", "g0", T0 + i + 1, ["job"]))
-        st.add(sample("n1", "g1", T0 + i + 1, []))
+        st.add(sample("n1", "g1", T0 + i + 1, [], sm=0.0, tensor=0.0))  # idle: a known zero
         st.add(report("job", "n1", "g0", T0 + i, T0 + i + 1, 0.5 * PEAK_H100))
     st.add(sample("n1", "g0", T0 + 12, ["job"]))
     (closed,) = close_all(st)
