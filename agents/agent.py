@@ -52,7 +52,8 @@ class Agent:
                  clock: Callable[[], float] = time.time) -> None:
         s = self.settings = settings
         self._clock = clock
-        self.attributor = ProcAttributor(s.proc_root, variable=s.workload_env)
+        self.attributor = ProcAttributor(s.proc_root, variable=s.workload_env,
+                                         tenants=s.tenants)
         self.collector = NvmlCollector(s.node, nvml=nvml, attributor=self.attributor,
                                        interval_s=s.interval_s, rediscover_s=s.rediscover_s)
         self.intake = Intake(s.node, resolve_gpu=self.resolve_gpu,

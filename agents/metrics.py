@@ -30,6 +30,8 @@ LABELS: dict[str, tuple[str, ...]] = {
     "discovery_errors": ("error",),
     "attribution": ("source",),
     "attribution_errors": ("reason",),
+    "tenant": ("source",),
+    "energy_fallbacks": ("reason",),
     "rejected": ("reason",),
     "delivered_messages": ("topic",),
     "delivered_events": ("topic",),

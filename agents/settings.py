@@ -71,6 +71,11 @@ class AgentSettings(BaseSettings):
     workload_env: str = Field("MFU_WORKLOAD", min_length=1,
                               description="process environment variable naming the workload")
     proc_root: Path = Field(Path("/proc"), description="proc mount (host pids needed)")
+    tenants: dict[str, str] = Field(
+        default_factory=dict,
+        description="configured workload owners, {workload glob: tenant} (fnmatch, first "
+        "match in the order given), e.g. MFU_AGENT_TENANTS='{\"llm-*\": \"team-a\"}'; "
+        "used after the Kubernetes namespace and the Slurm account (agents.attribution)")
     spool_dir: Path = Field(Path("/var/lib/mfu/spool"), description="on-disk buffer")
     spool_max_bytes: int = Field(256 << 20, gt=0, description="spool size bound")
     spool_segment_bytes: int = Field(4 << 20, gt=0, description="spool segment size")
@@ -95,6 +100,15 @@ class AgentSettings(BaseSettings):
                 raise ValueError(f"expected udp://HOST:PORT, got {value!r}")
         elif not value.startswith("/"):
             raise ValueError(f"expected an absolute socket path or udp://HOST:PORT, got {value!r}")
+        return value
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for pattern, tenant in value.items():
+            if not pattern or not tenant or len(tenant) > 256:
+                raise ValueError(f"tenants: expected {{workload glob: tenant name of 1-256 "
+                                 f"characters}}, got {pattern!r}: {tenant!r}")
         return value
 
     @classmethod
