@@ -21,6 +21,7 @@ Document shape (every key but ``name``/``uuid`` optional)::
                             "13": 1.5, "12": 6.0, "11": 0.0}},  # FP16, FP32, FP64
         "mig": {"current": 1, "max_devices": 7, "devices": [ {device...,
                 "mig_slot": 0, "gpu_instance_id": 1} ]},
+        "dcgm": {"1004": 0.31, "1005": 0.45},             # DCGM profiling field -> ratio
         "errors": {"nvmlDeviceGetPowerUsage": "NOT_SUPPORTED"},  # function -> error name
         "lost": false}]}
 
@@ -33,7 +34,8 @@ GPM metrics are constant over time: any two samples give the recorded percentage
 Fixtures: ``nvml_h100_sxm`` (Hopper, GPM with every pipe metric), ``nvml_h100_mig``
 (GPM per GPU instance), ``nvml_h200`` (GPM, memory-bound decode), ``nvml_a100_mig``
 (Ampere: no GPM, so null pipe counters; MIG slices without utilization or power),
-``nvml_l40s_old_driver`` (old binding names, instantaneous power only).
+``nvml_l40s_old_driver`` (old binding names, instantaneous power only). The A100's
+whole GPU also carries DCGM profiling values for :class:`FakeDcgmReader`.
 """
 
 from __future__ import annotations
@@ -399,6 +401,31 @@ class FakeNvml:
             else:
                 m.nvmlReturn, m.value = NVML_SUCCESS, float(value)
         return get
+
+
+class FakeDcgmReader:
+    """Stand-in for DCGM's ``DcgmReader`` over the same document: each whole GPU with a
+    ``dcgm`` table (DCGM profiling field id -> ratio, as ``dcgmi dmon -e 1004,...``
+    shows) is a DCGM GPU with those latest values and its UUID (field 54).
+    ``fail``: an exception to raise on the next read (a host engine that went away)."""
+
+    def __init__(self, nvml: FakeNvml) -> None:
+        self.nvml = nvml
+        self.reads = 0
+        self.fail: Exception | None = None
+
+    def GetLatestGpuValuesAsFieldIdDict(self) -> dict[int, dict[int, Any]]:
+        self.reads += 1
+        if self.fail is not None:
+            exc, self.fail = self.fail, None
+            raise exc
+        out: dict[int, dict[int, Any]] = {}
+        for gpu_id, dev in enumerate(self.nvml.devices):
+            table = dev.doc.get("dcgm")
+            if table is None:
+                continue
+            out[gpu_id] = {54: dev.doc["uuid"], **{int(k): v for k, v in table.items()}}
+        return out
 
 
 # The pynvml module's constants, as attributes of the fake (the collector reads some).

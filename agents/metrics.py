@@ -32,6 +32,8 @@ LABELS: dict[str, tuple[str, ...]] = {
     "attribution_errors": ("reason",),
     "tenant": ("source",),
     "energy_fallbacks": ("reason",),
+    "pipe_counters": ("source",),
+    "dcgm_errors": ("reason",),
     "rejected": ("reason",),
     "delivered_messages": ("topic",),
     "delivered_events": ("topic",),

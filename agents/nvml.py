@@ -16,9 +16,11 @@ What each field is read from (per interval ``[ts - interval_s, ts)``, stamped at
   ``nvmlGpmMetricsGet``): ``tensor_active`` = ``ANY_TENSOR_UTIL`` (5), ``dram_active`` =
   ``DRAM_BW_UTIL`` (10), ``fp16_active``/``fp32_active``/``fp64_active`` =
   ``FP16_UTIL``/``FP32_UTIL``/``FP64_UTIL`` (13/12/11, non-tensor pipes), percent / 100.
-  Null where ``nvmlGpmQueryDeviceSupport`` says no (before Hopper: A100, L40S...) or
-  where the driver does not return that metric. GPM errors are counted as field
-  ``tensor_active``.
+  Before Hopper (A100, L40S...: ``nvmlGpmQueryDeviceSupport`` says no) a whole GPU gets
+  them from DCGM's profiling fields where a ``pipe_counters`` source is given and has
+  values (:mod:`agents.dcgm`); else, and on pre-Hopper MIG slices, they are null, as is
+  a metric the driver does not return. GPM errors are counted as field ``tensor_active``;
+  samples with counters as ``("pipe_counters", "gpm" | "dcgm")``.
 - ``sm_clock_mhz``: current SM clock. ``max_sm_clock_mhz``: ``nvmlDeviceGetMaxClockInfo``,
   lowered to the applications clock where an operator set one (it differs from the
   default applications clock): that clock is then the ceiling the GPU runs at.
@@ -197,6 +199,9 @@ class NvmlCollector:
     ``prune(live_pids)`` (see :class:`agents.attribution.ProcAttributor`), or None.
     ``interval_s``: nominal sampling period in seconds (used for the first sample).
     ``rediscover_s``: seconds between GPU re-discoveries (MIG reconfiguration, lost GPUs).
+    ``pipe_counters``: source of pipe counters for whole GPUs without GPM, an object with
+    ``read() -> {gpu_uuid: {field: ratio}}`` (:class:`agents.dcgm.DcgmPipeCounters`), or
+    None; read once per :meth:`collect`, only while such a GPU is sampled.
     """
 
     def __init__(
@@ -208,6 +213,7 @@ class NvmlCollector:
         interval_s: float = 1.0,
         rediscover_s: float = 60.0,
         lost_retry_s: float = 10.0,
+        pipe_counters: Any = None,
     ) -> None:
         self.node = node
         self._nvml = nvml
@@ -215,6 +221,8 @@ class NvmlCollector:
         self.interval_s = interval_s
         self.rediscover_s = rediscover_s
         self.lost_retry_s = lost_retry_s
+        self.pipe_counters = pipe_counters
+        self._external_pipes: dict[str, dict[str, float]] = {}
         self.stats: Counter[tuple[str, ...]] = Counter()
         self._devices: list[_Device] = []
         self._initialized = False
@@ -478,6 +486,11 @@ class NvmlCollector:
                 sm_util = rates.gpu / 100.0 if sm_util is None else sm_util
                 mem_util = rates.memory / 100.0 if mem_util is None else mem_util
         gpm = self._gpm_metrics(dev)
+        pipes = {name: gpm.get(metric) for name, metric in PIPE_METRICS.items()}
+        if dev.gpm is None and dev.mig_slot is None:  # no GPM at all: DCGM, if any
+            pipes.update(self._external_pipes.get(dev.info.uuid, {}))
+        if any(v is not None for v in pipes.values()):
+            self.stats[("pipe_counters", "gpm" if gpm else "dcgm")] += 1
         if sm_util is None:
             sm_util = gpm.get(_GPM_SM_UTIL)
         if mem_util is None:
@@ -523,11 +536,11 @@ class NvmlCollector:
             interval_s=interval_s,
             sm_util=sm_util,
             mem_util=mem_util,
-            tensor_active=gpm.get(_GPM_TENSOR),
-            dram_active=gpm.get(_GPM_DRAM_BW),
-            fp16_active=gpm.get(_GPM_FP16),
-            fp32_active=gpm.get(_GPM_FP32),
-            fp64_active=gpm.get(_GPM_FP64),
+            tensor_active=pipes["tensor_active"],
+            dram_active=pipes["dram_active"],
+            fp16_active=pipes["fp16_active"],
+            fp32_active=pipes["fp32_active"],
+            fp64_active=pipes["fp64_active"],
             sm_clock_mhz=sm_clock,
             max_sm_clock_mhz=dev.max_sm_clock_mhz,
             power_w=power_w,
@@ -587,6 +600,14 @@ class NvmlCollector:
                 and not self._initialized):
             return []  # NVML is down; with NVML up a failed re-discovery keeps the old GPUs
         self._pids = {}
+        self._external_pipes = {}
+        if self.pipe_counters is not None and any(
+                d.gpm is None and d.mig_slot is None for d in self._devices):
+            try:
+                self._external_pipes = self.pipe_counters.read()
+            except Exception:  # an optional source must never cost the interval
+                self.stats[("pipe_counter_errors",)] += 1
+                log.exception("pipe_counters_read_failed node=%s", self.node)
         samples: list[GpuSample] = []
         lost: list[_Device] = []
         for dev in self._devices:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -87,6 +87,13 @@ class AgentSettings(BaseSettings):
     shutdown_timeout_s: float = Field(10.0, ge=0, description="flush time on SIGTERM")
     compression: str = Field("lz4", description="Kafka compression.type")
     rediscover_s: float = Field(60.0, gt=0, description="GPU re-discovery period")
+    dcgm: Literal["auto", "off"] = Field(
+        "auto", description="pipe counters of GPUs without NVML GPM (before Hopper) from "
+        "DCGM profiling fields: auto = where DCGM's Python bindings and nv-hostengine are "
+        "present, off = never (the counters are then null)")
+    dcgm_host: str = Field("localhost", description="nv-hostengine address (host[:port])")
+    dcgm_bindings: str = Field("/usr/local/dcgm/bindings/python3",
+                               description="directory of DCGM's Python bindings")
     max_datagram_bytes: int = Field(65536, ge=1024, le=212992)
     max_reports_per_interval: int = Field(50_000, ge=1, description="intake buffer bound")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
