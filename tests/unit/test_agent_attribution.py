@@ -194,3 +194,11 @@ def test_agent_passes_configured_tenants_to_samples(tmp_path: Path) -> None:
     assert (first.workloads, first.tenants) == (["llm-chat"], {"llm-chat": "team-a"})
     assert (second.workloads, second.tenants) == (["other"], None)
     agent.collector.close()
+
+
+def test_tenants_setting_from_a_config_file(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text('tenants: {"llm-eval-*": eval-team, "llm-*": team-a}\n')
+    tenants = AgentSettings(config_file=f).tenants
+    assert list(tenants.items()) == [("llm-eval-*", "eval-team"), ("llm-*", "team-a")]
+    assert tenant_from_config("llm-eval-1", tenants) == "eval-team"
