@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agents.attribution import ProcAttributor
+from agents.dcgm import DcgmPipeCounters, load_dcgm_reader
 from agents.intake import Intake, IntakeServer
 from agents.metrics import MetricsServer, StatsCollector, make_registry
 from agents.nvml import NvmlCollector
@@ -52,9 +53,13 @@ class Agent:
                  clock: Callable[[], float] = time.time) -> None:
         s = self.settings = settings
         self._clock = clock
-        self.attributor = ProcAttributor(s.proc_root, variable=s.workload_env)
+        self.attributor = ProcAttributor(s.proc_root, variable=s.workload_env,
+                                         tenants=s.tenants)
+        self.pipe_counters = None if s.dcgm == "off" else DcgmPipeCounters(
+            lambda: load_dcgm_reader(s.interval_s, host=s.dcgm_host, bindings=s.dcgm_bindings))
         self.collector = NvmlCollector(s.node, nvml=nvml, attributor=self.attributor,
-                                       interval_s=s.interval_s, rediscover_s=s.rediscover_s)
+                                       interval_s=s.interval_s, rediscover_s=s.rediscover_s,
+                                       pipe_counters=self.pipe_counters)
         self.intake = Intake(s.node, resolve_gpu=self.resolve_gpu,
                              max_bytes=s.max_datagram_bytes)
         self.spool = Spool(s.spool_dir, max_bytes=s.spool_max_bytes,
@@ -127,6 +132,7 @@ class Agent:
     def stats_collector(self) -> StatsCollector:
         return StatsCollector(
             {"nvml": self.collector, "attribution": self.attributor, "intake": self.intake,
+             **({"dcgm": self.pipe_counters} if self.pipe_counters is not None else {}),
              "kafka": self.publisher, "spool": self.spool, "loop": self},
             {
                 "gpus": ("devices (GPUs and MIG slices) sampled", lambda: len(self.collector.devices)),

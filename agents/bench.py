@@ -101,7 +101,8 @@ def _fake_proc(root: Path, pids: list[int]) -> None:
         d = root / str(pid)
         d.mkdir(parents=True, exist_ok=True)
         (d / "environ").write_bytes(
-            b"PATH=/usr/bin\0HOME=/root\0MFU_WORKLOAD=job-%d\0RANK=0\0" % (pid % 3))
+            b"PATH=/usr/bin\0HOME=/root\0MFU_WORKLOAD=job-%d\0RANK=0\0"
+            b"SLURM_JOB_ACCOUNT=team-%d\0" % (pid % 3, pid % 3))  # exercises tenants
         (d / "cgroup").write_text("0::/system.slice/job.scope\n")
 
 
@@ -115,7 +116,10 @@ def _baseline_tick(n: int, ts: float, node: str) -> bytes:
             "mig_profile": None, "ts": ts, "interval_s": 1.0, "sm_util": 0.97, "mem_util": 0.41,
             "tensor_active": 0.38, "sm_clock_mhz": 1980.0, "max_sm_clock_mhz": 1980.0,
             "power_w": 650.0, "mem_used_bytes": 70_000_000_000,
-            "mem_total_bytes": 85_520_809_984, "throttle_reasons": 0, "workloads": ["job-1"]})
+            "mem_total_bytes": 85_520_809_984, "throttle_reasons": 0, "workloads": ["job-1"],
+            "energy_j": 650.0, "energy_source": "counter", "dram_active": 0.4,
+            "fp16_active": 0.015, "fp32_active": 0.06, "fp64_active": 0.0,
+            "tenants": {"job-1": "team-1"}})
     return json.dumps({"schema": "batch/1", "events": events}, separators=(",", ":")).encode()
 
 

@@ -16,15 +16,26 @@ Document shape (every key but ``name``/``uuid`` optional)::
         "power_mw": 690000, "energy_mj": 1000000,         # milliwatts, millijoules
         "clock_event_reasons": 0,
         "processes": [{"pid": 4242, "used_memory": 1e9}],
-        "gpm": {"supported": true, "metrics": {"5": 38.0}},  # metric id -> percent
+        "gpm": {"supported": true,                        # metric id -> percent:
+                "metrics": {"5": 38.0, "2": 95.0, "10": 40.0,  # tensor, SM, DRAM bw,
+                            "13": 1.5, "12": 6.0, "11": 0.0}},  # FP16, FP32, FP64
         "mig": {"current": 1, "max_devices": 7, "devices": [ {device...,
                 "mig_slot": 0, "gpu_instance_id": 1} ]},
+        "dcgm": {"1004": 0.31, "1005": 0.45},             # DCGM profiling field -> ratio
         "errors": {"nvmlDeviceGetPowerUsage": "NOT_SUPPORTED"},  # function -> error name
         "lost": false}]}
 
 Only the functions the collector calls are provided. The fake keeps its own clock
-(:meth:`FakeNvml.advance`): energy grows with power and a utilization sample is
-recorded every 1/6 s, so interval averages can be checked.
+(:meth:`FakeNvml.advance`): energy grows with power (integer mJ, modulo 2^64 like the
+driver's counter; tests set ``FakeDevice.energy_mj`` to simulate a reset) and a
+utilization sample is recorded every 1/6 s, so interval averages can be checked.
+GPM metrics are constant over time: any two samples give the recorded percentages.
+
+Fixtures: ``nvml_h100_sxm`` (Hopper, GPM with every pipe metric), ``nvml_h100_mig``
+(GPM per GPU instance), ``nvml_h200`` (GPM, memory-bound decode), ``nvml_a100_mig``
+(Ampere: no GPM, so null pipe counters; MIG slices without utilization or power),
+``nvml_l40s_old_driver`` (old binding names, instantaneous power only). The A100's
+whole GPU also carries DCGM profiling values for :class:`FakeDcgmReader`.
 """
 
 from __future__ import annotations
@@ -63,8 +74,12 @@ NVML_DEVICE_MIG_ENABLE = 1
 NVML_GPM_METRIC_SM_UTIL = 2
 NVML_GPM_METRIC_ANY_TENSOR_UTIL = 5
 NVML_GPM_METRIC_DRAM_BW_UTIL = 10
+NVML_GPM_METRIC_FP64_UTIL = 11
+NVML_GPM_METRIC_FP32_UTIL = 12
+NVML_GPM_METRIC_FP16_UTIL = 13
 NVML_GPM_METRICS_GET_VERSION = 1
-NVML_GPM_METRIC_MAX = 16  # the real struct holds 477; the collector asks for three
+NVML_GPM_METRIC_MAX = 16  # the real struct holds 477; the collector asks for six
+ENERGY_COUNTER_MODULUS_MJ = 1 << 64
 
 # Driver utilization sampling period (µs): NVML keeps about six samples a second.
 _UTIL_PERIOD_US = 166_667
@@ -103,7 +118,8 @@ class FakeDevice:
         self.doc = doc
         self.parent = parent
         self.nvml = nvml
-        self.energy_mj = float(doc.get("energy_mj", 0.0))
+        # integer millijoules modulo 2^64, like the driver's unsigned 64-bit counter
+        self.energy_mj = int(doc.get("energy_mj", 0)) % ENERGY_COUNTER_MODULUS_MJ
         self.mig_devices = [
             FakeDevice(child, self, nvml) for child in doc.get("mig", {}).get("devices", [])
         ]
@@ -168,7 +184,8 @@ class FakeNvml:
         for dev in self._all_devices():
             power_mw = dev.doc.get("power_mw")
             if power_mw is not None:
-                dev.energy_mj += power_mw * seconds
+                dev.energy_mj = (dev.energy_mj + round(power_mw * seconds)) \
+                    % ENERGY_COUNTER_MODULUS_MJ
         t = self.now_us + _UTIL_PERIOD_US
         while t <= end_us:
             self._record_util_samples(t)
@@ -293,7 +310,7 @@ class FakeNvml:
     def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeDevice) -> int:
         self.calls += 1
         h.get("nvmlDeviceGetTotalEnergyConsumption", "energy_mj")
-        return int(h.energy_mj)
+        return h.energy_mj
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, h: FakeDevice) -> int:
         self.calls += 1
@@ -386,6 +403,31 @@ class FakeNvml:
         return get
 
 
+class FakeDcgmReader:
+    """Stand-in for DCGM's ``DcgmReader`` over the same document: each whole GPU with a
+    ``dcgm`` table (DCGM profiling field id -> ratio, as ``dcgmi dmon -e 1004,...``
+    shows) is a DCGM GPU with those latest values and its UUID (field 54).
+    ``fail``: an exception to raise on the next read (a host engine that went away)."""
+
+    def __init__(self, nvml: FakeNvml) -> None:
+        self.nvml = nvml
+        self.reads = 0
+        self.fail: Exception | None = None
+
+    def GetLatestGpuValuesAsFieldIdDict(self) -> dict[int, dict[int, Any]]:
+        self.reads += 1
+        if self.fail is not None:
+            exc, self.fail = self.fail, None
+            raise exc
+        out: dict[int, dict[int, Any]] = {}
+        for gpu_id, dev in enumerate(self.nvml.devices):
+            table = dev.doc.get("dcgm")
+            if table is None:
+                continue
+            out[gpu_id] = {54: dev.doc["uuid"], **{int(k): v for k, v in table.items()}}
+        return out
+
+
 # The pynvml module's constants, as attributes of the fake (the collector reads some).
 for _name, _value in list(globals().items()):
     if _name.startswith("NVML_"):
@@ -408,18 +450,54 @@ def node_document(n_gpus: int = 8, *, name: str = "NVIDIA H100 80GB HBM3",
             "power_mw": 650_000, "energy_mj": 10_000_000 * (i + 1),
             "clock_event_reasons": 0,
             "processes": [{"pid": first_pid + i, "used_memory": memory_total * 8 // 10}],
-            "gpm": {"supported": gpm, "metrics": {"5": 38.0, "2": 92.0, "10": 40.0}},
+            "gpm": {"supported": gpm, "metrics": {"5": 38.0, "2": 92.0, "10": 40.0,
+                                                  "13": 1.5, "12": 6.0, "11": 0.0}},
             "mig": {"current": 0, "pending": 0},
         })
     return {"devices": devices}
 
 
-def record(nvml: Any) -> dict[str, Any]:
+# What record() asks GPM for: the collector's metric ids (tensor, SM, DRAM bw, FP16/32/64).
+RECORDED_GPM_METRICS = (5, 2, 10, 13, 12, 11)
+
+
+def _record_gpm(nvml: Any, take: Any, wait: Any) -> dict[str, float] | None:
+    """GPM metrics (id -> percent) between two samples ``wait()`` apart; None on error."""
+    samples = []
+    try:
+        samples = [nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()]
+        take(samples[0])
+        wait()
+        take(samples[1])
+        get = nvml.c_nvmlGpmMetricsGet_t()
+        get.version = nvml.NVML_GPM_METRICS_GET_VERSION
+        get.numMetrics = len(RECORDED_GPM_METRICS)
+        get.sample1, get.sample2 = samples
+        for i, metric in enumerate(RECORDED_GPM_METRICS):
+            get.metrics[i].metricId = metric
+        nvml.nvmlGpmMetricsGet(get)
+        return {str(int(m.metricId)): round(float(m.value), 3)
+                for m in get.metrics[: len(RECORDED_GPM_METRICS)] if m.nvmlReturn == 0}
+    except nvml.NVMLError:
+        return None
+    finally:
+        for sample in samples:
+            nvml.nvmlGpmSampleFree(sample)
+
+
+def record(nvml: Any, *, wait: Any = None) -> dict[str, Any]:
     """Read every GPU (and MIG device) through ``nvml`` into a FakeNvml document.
 
     Run on a GPU host to add a fixture: ``python -m agents.fake_nvml > nvml_<model>.json``.
-    Calls that fail are written into ``errors`` so the fake fails the same way.
+    Calls that fail are written into ``errors`` so the fake fails the same way. GPM
+    metrics are measured between two samples ``wait()`` apart (default: 1 s sleep).
     """
+    if wait is None:
+        import time
+
+        def wait() -> None:
+            time.sleep(1.0)
+
     sm = nvml.NVML_CLOCK_SM
     names = {getattr(nvml, k): k.removeprefix("NVML_ERROR_") for k in dir(nvml)
              if k.startswith("NVML_ERROR_") and isinstance(getattr(nvml, k), int)}
@@ -466,6 +544,10 @@ def record(nvml: Any) -> dict[str, Any]:
                 doc["gpm"] = {"supported": bool(nvml.nvmlGpmQueryDeviceSupport(h).isSupportedDevice)}
             except nvml.NVMLError:
                 doc["gpm"] = {"supported": False}
+            if doc["gpm"]["supported"]:
+                metrics = _record_gpm(nvml, lambda s, h=h: nvml.nvmlGpmSampleGet(h, s), wait)
+                if metrics is not None:
+                    doc["gpm"]["metrics"] = metrics
             try:
                 current, pending = nvml.nvmlDeviceGetMigMode(h)
                 mig: dict[str, Any] = {"current": current, "pending": pending, "devices": []}
@@ -478,6 +560,13 @@ def record(nvml: Any) -> dict[str, Any]:
                             continue
                         child = read_device(mh, {"mig_slot": slot})
                         read(child, "gpu_instance_id", "nvmlDeviceGetGpuInstanceId", mh)
+                        if doc["gpm"]["supported"] and "gpu_instance_id" in child:
+                            gi = child["gpu_instance_id"]
+                            metrics = _record_gpm(
+                                nvml, lambda s, h=h, gi=gi: nvml.nvmlGpmMigSampleGet(h, gi, s),
+                                wait)
+                            child["gpm"] = {"supported": metrics is not None,
+                                            "metrics": metrics or {}}
                         mig["devices"].append(child)
                 doc["mig"] = mig
             except nvml.NVMLError:

@@ -11,17 +11,27 @@ What each field is read from (per interval ``[ts - interval_s, ts)``, stamped at
   previous read (``nvmlDeviceGetSamples``), i.e. averaged over the interval; falls back
   to ``nvmlDeviceGetUtilizationRates`` (the driver's last period), then to GPM
   ``SM_UTIL``/``DRAM_BW_UTIL`` (the only source on MIG devices, Hopper+).
-- ``tensor_active``: GPM ``ANY_TENSOR_UTIL`` between the sample taken at the previous
-  tick and this one (``nvmlGpmSampleGet``/``nvmlGpmMigSampleGet`` + ``nvmlGpmMetricsGet``);
-  null where ``nvmlGpmQueryDeviceSupport`` says no (before Hopper).
+- Pipe counters, from GPM between the sample taken at the previous tick and this one
+  (``nvmlGpmSampleGet``, or ``nvmlGpmMigSampleGet`` per GPU instance on a MIG slice, +
+  ``nvmlGpmMetricsGet``): ``tensor_active`` = ``ANY_TENSOR_UTIL`` (5), ``dram_active`` =
+  ``DRAM_BW_UTIL`` (10), ``fp16_active``/``fp32_active``/``fp64_active`` =
+  ``FP16_UTIL``/``FP32_UTIL``/``FP64_UTIL`` (13/12/11, non-tensor pipes), percent / 100.
+  Before Hopper (A100, L40S...: ``nvmlGpmQueryDeviceSupport`` says no) a whole GPU gets
+  them from DCGM's profiling fields where a ``pipe_counters`` source is given and has
+  values (:mod:`agents.dcgm`); else, and on pre-Hopper MIG slices, they are null, as is
+  a metric the driver does not return. GPM errors are counted as field ``tensor_active``;
+  samples with counters as ``("pipe_counters", "gpm" | "dcgm")``.
 - ``sm_clock_mhz``: current SM clock. ``max_sm_clock_mhz``: ``nvmlDeviceGetMaxClockInfo``,
   lowered to the applications clock where an operator set one (it differs from the
   default applications clock): that clock is then the ceiling the GPU runs at.
-- ``power_w``: mean power over the interval from the energy counter (mJ) where there is
-  one, else the instantaneous reading; null on MIG devices (power is per board).
+- ``energy_j``/``energy_source``/``power_w``: the step of the total-energy counter (mJ
+  since driver load, Volta+) over the interval, ``"counter"``, with ``power_w`` its mean;
+  else instantaneous power x ``interval_s``, ``"power"`` (see :meth:`NvmlCollector._energy`
+  for when). Null on MIG devices (power and energy are per board).
 - ``throttle_reasons``: ``nvmlDeviceGetCurrentClocksEventReasons`` bitmask (older drivers:
   ``...ThrottleReasons``).
-- ``workloads``: from ``nvmlDeviceGetComputeRunningProcesses`` pids via the attributor.
+- ``workloads``: from ``nvmlDeviceGetComputeRunningProcesses`` pids via the attributor;
+  ``tenants`` (``{workload: tenant}``, null when no owner is known) from its ``tenants``.
 
 MIG: when MIG mode is on, each MIG device is a sample (``gpu_uuid`` = its ``MIG-...`` UUID,
 ``gpu_index``/``gpu_name`` = its parent's, ``mig_profile`` parsed from its name, e.g.
@@ -71,14 +81,46 @@ _GPU_SAMPLES = 1  # NVML_GPU_UTILIZATION_SAMPLES
 _MEM_SAMPLES = 2  # NVML_MEMORY_UTILIZATION_SAMPLES
 _CLOCK_SM = 1
 _MIG_ENABLE = 1
-_GPM_SM_UTIL = 2
-_GPM_TENSOR = 5  # NVML_GPM_METRIC_ANY_TENSOR_UTIL
-_GPM_DRAM_BW = 10
-_GPM_METRICS = (_GPM_TENSOR, _GPM_SM_UTIL, _GPM_DRAM_BW)
+# GPM metric ids (nvmlGpmMetricId_t, nvidia-ml-py 13.x ``NVML_GPM_METRIC_*``), percent.
+_GPM_SM_UTIL = 2  # SM_UTIL: share of SMs busy
+_GPM_TENSOR = 5  # ANY_TENSOR_UTIL: SMs doing any tensor (HMMA/IMMA/DMMA) work
+_GPM_DRAM_BW = 10  # DRAM_BW_UTIL: DRAM bandwidth used vs the theoretical peak
+_GPM_FP64 = 11  # FP64_UTIL: non-tensor FP64 math
+_GPM_FP32 = 12  # FP32_UTIL: non-tensor FP32 math
+_GPM_FP16 = 13  # FP16_UTIL: non-tensor FP16 math
+_GPM_METRICS = (_GPM_TENSOR, _GPM_SM_UTIL, _GPM_DRAM_BW, _GPM_FP16, _GPM_FP32, _GPM_FP64)
+# gpu_sample/1 pipe-counter field -> GPM metric id
+PIPE_METRICS = {"tensor_active": _GPM_TENSOR, "dram_active": _GPM_DRAM_BW,
+                "fp16_active": _GPM_FP16, "fp32_active": _GPM_FP32, "fp64_active": _GPM_FP64}
 # nvmlValueType_t -> member of the nvmlValue_t union
 _VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal",
                  6: "usVal"}
 _MIG_PROFILE = re.compile(r"\bMIG\s+(\S+)\s*$")
+
+
+# nvmlDeviceGetTotalEnergyConsumption is an unsigned 64-bit count of millijoules.
+ENERGY_COUNTER_MODULUS_MJ = 1 << 64
+# No single GPU board draws more (B200 ~1.2 kW, GB200 per-GPU share below 2 kW): a
+# counter step implying more is a reset or a glitch, not energy, and is not trusted.
+MAX_PLAUSIBLE_POWER_W = 5000.0
+
+
+def energy_delta_mj(prev_mj: int, now_mj: int, interval_s: float) -> int | None:
+    """Millijoules used between two readings of the energy counter ``interval_s`` apart.
+
+    A reading below the previous one is a wrap of the 64-bit counter when the wrapped
+    step is plausible (at most :data:`MAX_PLAUSIBLE_POWER_W` over the interval), else a
+    reset (driver reload, GPU reset): None, and the caller falls back to power x time.
+    A forward step implying more than that power is not trusted either (None).
+    """
+    if interval_s <= 0:
+        return None
+    delta = now_mj - prev_mj
+    if delta < 0:
+        delta += ENERGY_COUNTER_MODULUS_MJ
+    if delta / 1000.0 / interval_s > MAX_PLAUSIBLE_POWER_W:
+        return None
+    return delta
 
 
 def sample_event_id(node: str, gpu_index: int, mig_slot: int | None, ts: float) -> str:
@@ -157,6 +199,9 @@ class NvmlCollector:
     ``prune(live_pids)`` (see :class:`agents.attribution.ProcAttributor`), or None.
     ``interval_s``: nominal sampling period in seconds (used for the first sample).
     ``rediscover_s``: seconds between GPU re-discoveries (MIG reconfiguration, lost GPUs).
+    ``pipe_counters``: source of pipe counters for whole GPUs without GPM, an object with
+    ``read() -> {gpu_uuid: {field: ratio}}`` (:class:`agents.dcgm.DcgmPipeCounters`), or
+    None; read once per :meth:`collect`, only while such a GPU is sampled.
     """
 
     def __init__(
@@ -168,6 +213,7 @@ class NvmlCollector:
         interval_s: float = 1.0,
         rediscover_s: float = 60.0,
         lost_retry_s: float = 10.0,
+        pipe_counters: Any = None,
     ) -> None:
         self.node = node
         self._nvml = nvml
@@ -175,6 +221,8 @@ class NvmlCollector:
         self.interval_s = interval_s
         self.rediscover_s = rediscover_s
         self.lost_retry_s = lost_retry_s
+        self.pipe_counters = pipe_counters
+        self._external_pipes: dict[str, dict[str, float]] = {}
         self.stats: Counter[tuple[str, ...]] = Counter()
         self._devices: list[_Device] = []
         self._initialized = False
@@ -226,7 +274,7 @@ class NvmlCollector:
         retry_soon = False
         for index in range(nvml.nvmlDeviceGetCount()):
             try:
-                found.extend(self._discover_gpu(index, known))
+                found.extend(self._discover_gpu(index, known, ts))
             except (nvml.NVMLError, _GpuLost) as exc:
                 code = exc.code if isinstance(exc, _GpuLost) else exc.value
                 if code in _REINIT:
@@ -249,7 +297,7 @@ class NvmlCollector:
         # a lost GPU may come back after a reset: look again soon
         self._discover_at = ts + (self.lost_retry_s if retry_soon else self.rediscover_s)
 
-    def _discover_gpu(self, index: int, known: dict[str, _Device]) -> list[_Device]:
+    def _discover_gpu(self, index: int, known: dict[str, _Device], ts: float) -> list[_Device]:
         nvml = self.nvml
         h = nvml.nvmlDeviceGetHandleByIndex(index)
         name = str(nvml.nvmlDeviceGetName(h))
@@ -265,7 +313,7 @@ class NvmlCollector:
             dev = known.get(uuid)
             if dev is None:
                 dev = _Device(DeviceInfo(index, uuid, name, None), h, h)
-                self._prepare(dev, gpm_ok)
+                self._prepare(dev, gpm_ok, ts)
             dev.handle = dev.root = h
             return [dev]
         devices = []
@@ -285,7 +333,7 @@ class NvmlCollector:
                     dev.gpu_instance_id = int(nvml.nvmlDeviceGetGpuInstanceId(mh))
                 except nvml.NVMLError:
                     gpm_ok = False  # GPM on MIG needs the GPU instance id
-                self._prepare(dev, gpm_ok)
+                self._prepare(dev, gpm_ok, ts)
             dev.handle, dev.root = mh, h
             devices.append(dev)
         return devices
@@ -297,8 +345,9 @@ class NvmlCollector:
         except (nvml.NVMLError, AttributeError):
             return False
 
-    def _prepare(self, dev: _Device, gpm_ok: bool) -> None:
-        """Read what does not change per interval and take the first GPM/util marks."""
+    def _prepare(self, dev: _Device, gpm_ok: bool, ts: float) -> None:
+        """Read what does not change per interval and take the first GPM/util/energy
+        marks (``ts``: now, epoch s)."""
         nvml = self.nvml
         max_clock = self._read(dev, "max_sm_clock_mhz", "nvmlDeviceGetMaxClockInfo",
                                dev.root, _CLOCK_SM)
@@ -322,6 +371,12 @@ class NvmlCollector:
         self._gpm_mark(dev)
         for kind in (_GPU_SAMPLES, _MEM_SAMPLES):
             self._util_mean(dev, kind)  # sets the high-water mark; history is discarded
+        if dev.mig_slot is None:
+            # The first interval after start then has a counter reading at its start
+            # and gets measured energy, not an estimate (see _energy).
+            dev.energy_mj = self._read(dev, "power_w", "nvmlDeviceGetTotalEnergyConsumption",
+                                       dev.root)
+            dev.energy_ts = ts
 
     def _free_gpm(self, dev: _Device) -> None:
         if dev.gpm is not None:
@@ -431,6 +486,11 @@ class NvmlCollector:
                 sm_util = rates.gpu / 100.0 if sm_util is None else sm_util
                 mem_util = rates.memory / 100.0 if mem_util is None else mem_util
         gpm = self._gpm_metrics(dev)
+        pipes = {name: gpm.get(metric) for name, metric in PIPE_METRICS.items()}
+        if dev.gpm is None and dev.mig_slot is None:  # no GPM at all: DCGM, if any
+            pipes.update(self._external_pipes.get(dev.info.uuid, {}))
+        if any(v is not None for v in pipes.values()):
+            self.stats[("pipe_counters", "gpm" if gpm else "dcgm")] += 1
         if sm_util is None:
             sm_util = gpm.get(_GPM_SM_UTIL)
         if mem_util is None:
@@ -446,9 +506,13 @@ class NvmlCollector:
         if throttle is None and "nvmlDeviceGetCurrentClocksEventReasons" in dev.unsupported:
             throttle = read(dev, "throttle_reasons",
                             "nvmlDeviceGetCurrentClocksThrottleReasons", root)
-        power_w = None if dev.mig_slot is not None else self._power_w(dev, ts)
+        if dev.mig_slot is None:
+            energy_j, energy_source, power_w = self._energy(dev, ts, interval_s)
+        else:  # board power and energy are not a slice's
+            energy_j = energy_source = power_w = None
 
         workloads: list[str] = []
+        tenants: dict[str, str] = {}
         procs = read(dev, "workloads", "nvmlDeviceGetComputeRunningProcesses", h)
         if procs:
             pids = [p.pid for p in procs]
@@ -456,6 +520,9 @@ class NvmlCollector:
                 self._pids[pid] = dev.info.uuid
             if self.attributor is not None:
                 workloads = self.attributor.workloads(pids)
+                owners = getattr(self.attributor, "tenants", None)
+                if owners is not None:
+                    tenants = owners(pids)
 
         info = dev.info
         return GpuSample(
@@ -469,27 +536,54 @@ class NvmlCollector:
             interval_s=interval_s,
             sm_util=sm_util,
             mem_util=mem_util,
-            tensor_active=gpm.get(_GPM_TENSOR),
+            tensor_active=pipes["tensor_active"],
+            dram_active=pipes["dram_active"],
+            fp16_active=pipes["fp16_active"],
+            fp32_active=pipes["fp32_active"],
+            fp64_active=pipes["fp64_active"],
             sm_clock_mhz=sm_clock,
             max_sm_clock_mhz=dev.max_sm_clock_mhz,
             power_w=power_w,
+            energy_j=energy_j,
+            energy_source=energy_source,
             mem_used_bytes=None if mem is None else mem.used,
             mem_total_bytes=None if mem is None else mem.total,
             throttle_reasons=throttle,
             workloads=workloads,
+            tenants=tenants or None,
         )
 
-    def _power_w(self, dev: _Device, ts: float) -> float | None:
-        """Mean power (W) since the previous reading of the energy counter (mJ)."""
-        energy = self._read(dev, "power_w", "nvmlDeviceGetTotalEnergyConsumption", dev.root)
+    def _energy(self, dev: _Device, ts: float, interval_s: float
+                ) -> tuple[float | None, str | None, float | None]:
+        """(energy_j, energy_source, power_w) of the interval ``[ts - interval_s, ts)``.
+
+        ``counter``: the energy counter's step (mJ) between the reading that opened this
+        interval and now; ``power_w`` is then the interval's mean power. ``power``: the
+        instantaneous power x ``interval_s`` where there is no such step: no counter
+        (pre-Volta, error), no reading at the interval's start (device just discovered,
+        NVML re-initialized, a stall longer than the longest interval), or a step that
+        is not energy (the counter went backwards: driver reload or GPU reset). Each
+        reading is used as the start of exactly one interval, so no joule is counted
+        twice; a wrap of the 64-bit counter is taken modulo 2^64.
+        """
+        now = self._read(dev, "power_w", "nvmlDeviceGetTotalEnergyConsumption", dev.root)
         prev, prev_ts = dev.energy_mj, dev.energy_ts
-        dev.energy_mj, dev.energy_ts = energy, ts
-        if energy is not None and prev is not None and prev_ts is not None:
-            dt = ts - prev_ts
-            if dt > 0 and energy >= prev:  # a reset zeroes the counter
-                return (energy - prev) / 1000.0 / dt
+        dev.energy_mj, dev.energy_ts = now, ts
+        if now is None:
+            reason = "no_counter"
+        elif prev is None or prev_ts is None or abs(ts - prev_ts - interval_s) > 1e-6:
+            reason = "no_reading_at_interval_start"
+        else:
+            delta_mj = energy_delta_mj(prev, now, interval_s)
+            if delta_mj is not None:
+                return delta_mj / 1000.0, "counter", delta_mj / 1000.0 / interval_s
+            reason = "counter_backwards" if now < prev else "counter_implausible"
+        self.stats[("energy_fallbacks", reason)] += 1
         mw = self._read(dev, "power_w", "nvmlDeviceGetPowerUsage", dev.root)
-        return None if mw is None else mw / 1000.0
+        if mw is None:
+            return None, None, None
+        power_w = mw / 1000.0
+        return power_w * interval_s, "power", power_w
 
     # -- the interval ------------------------------------------------------------------
     def collect(self, ts: float) -> list[GpuSample]:
@@ -506,6 +600,14 @@ class NvmlCollector:
                 and not self._initialized):
             return []  # NVML is down; with NVML up a failed re-discovery keeps the old GPUs
         self._pids = {}
+        self._external_pipes = {}
+        if self.pipe_counters is not None and any(
+                d.gpm is None and d.mig_slot is None for d in self._devices):
+            try:
+                self._external_pipes = self.pipe_counters.read()
+            except Exception:  # an optional source must never cost the interval
+                self.stats[("pipe_counter_errors",)] += 1
+                log.exception("pipe_counters_read_failed node=%s", self.node)
         samples: list[GpuSample] = []
         lost: list[_Device] = []
         for dev in self._devices:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -71,6 +71,11 @@ class AgentSettings(BaseSettings):
     workload_env: str = Field("MFU_WORKLOAD", min_length=1,
                               description="process environment variable naming the workload")
     proc_root: Path = Field(Path("/proc"), description="proc mount (host pids needed)")
+    tenants: dict[str, str] = Field(
+        default_factory=dict,
+        description="configured workload owners, {workload glob: tenant} (fnmatch, first "
+        "match in the order given), e.g. MFU_AGENT_TENANTS='{\"llm-*\": \"team-a\"}'; "
+        "used after the Kubernetes namespace and the Slurm account (agents.attribution)")
     spool_dir: Path = Field(Path("/var/lib/mfu/spool"), description="on-disk buffer")
     spool_max_bytes: int = Field(256 << 20, gt=0, description="spool size bound")
     spool_segment_bytes: int = Field(4 << 20, gt=0, description="spool segment size")
@@ -82,6 +87,13 @@ class AgentSettings(BaseSettings):
     shutdown_timeout_s: float = Field(10.0, ge=0, description="flush time on SIGTERM")
     compression: str = Field("lz4", description="Kafka compression.type")
     rediscover_s: float = Field(60.0, gt=0, description="GPU re-discovery period")
+    dcgm: Literal["auto", "off"] = Field(
+        "auto", description="pipe counters of GPUs without NVML GPM (before Hopper) from "
+        "DCGM profiling fields: auto = where DCGM's Python bindings and nv-hostengine are "
+        "present, off = never (the counters are then null)")
+    dcgm_host: str = Field("localhost", description="nv-hostengine address (host[:port])")
+    dcgm_bindings: str = Field("/usr/local/dcgm/bindings/python3",
+                               description="directory of DCGM's Python bindings")
     max_datagram_bytes: int = Field(65536, ge=1024, le=212992)
     max_reports_per_interval: int = Field(50_000, ge=1, description="intake buffer bound")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
@@ -95,6 +107,15 @@ class AgentSettings(BaseSettings):
                 raise ValueError(f"expected udp://HOST:PORT, got {value!r}")
         elif not value.startswith("/"):
             raise ValueError(f"expected an absolute socket path or udp://HOST:PORT, got {value!r}")
+        return value
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for pattern, tenant in value.items():
+            if not pattern or not tenant or len(tenant) > 256:
+                raise ValueError(f"tenants: expected {{workload glob: tenant name of 1-256 "
+                                 f"characters}}, got {pattern!r}: {tenant!r}")
         return value
 
     @classmethod
