@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agents.attribution import ProcAttributor
+from agents.engines import EngineCollector
 from agents.intake import Intake, IntakeServer
 from agents.metrics import MetricsServer, StatsCollector, make_registry
 from agents.nvml import NvmlCollector
@@ -55,6 +56,9 @@ class Agent:
         self.attributor = ProcAttributor(s.proc_root, variable=s.workload_env)
         self.collector = NvmlCollector(s.node, nvml=nvml, attributor=self.attributor,
                                        interval_s=s.interval_s, rediscover_s=s.rediscover_s)
+        self.engines = EngineCollector(s.node, targets=s.engines, discover=s.engine_discovery,
+                                       proc_root=s.proc_root, timeout_s=s.engine_timeout_s,
+                                       workload_of=self.attributor.workload)
         self.intake = Intake(s.node, resolve_gpu=self.resolve_gpu,
                              max_bytes=s.max_datagram_bytes)
         self.spool = Spool(s.spool_dir, max_bytes=s.spool_max_bytes,
@@ -106,7 +110,8 @@ class Agent:
         """Collect and publish the interval ending at ``ts`` (epoch seconds)."""
         node = self.settings.node
         samples = self.collector.collect(ts)
-        reports = self._take_reports()
+        # engine counters after NVML: their GPUs come from this interval's pid -> GPU map
+        reports = self._take_reports() + self.engines.collect(ts, self.collector.pid_to_uuid)
         self.publisher.publish(TELEMETRY, samples, key=node)
         self.publisher.publish(FLOPS, reports, key=node)
         self._last_tick = self._clock()
@@ -127,7 +132,8 @@ class Agent:
     def stats_collector(self) -> StatsCollector:
         return StatsCollector(
             {"nvml": self.collector, "attribution": self.attributor, "intake": self.intake,
-             "kafka": self.publisher, "spool": self.spool, "loop": self},
+             "kafka": self.publisher, "spool": self.spool, "engines": self.engines,
+             "loop": self},
             {
                 "gpus": ("devices (GPUs and MIG slices) sampled", lambda: len(self.collector.devices)),
                 "broker_up": ("1 while Kafka acknowledges, 0 while spooling",
