@@ -26,6 +26,10 @@ over the GPUs. ``phase`` is the configured one, else ``decode`` when only genera
 tokens advanced, ``prefill`` when only prompt tokens did, else unset. ``model`` is the
 ``model_name`` label.
 
+An engine whose FLOP counter is absent, or stays flat while its token counters advance
+(exported but not fed: vLLM without ``--enable-mfu-metrics``), gets no report for that
+interval -- a zero would claim a busy GPU did no work; its GPU-seconds stay unknown.
+
 A scrape that fails keeps the previous state: the next good scrape covers the gap. A gap
 longer than ``max_gap_s`` (default 3600 s, the longest a report may cover) restarts the
 series from a baseline. Nothing here raises into the agent loop; failures are counted in
@@ -282,10 +286,16 @@ class EngineCollector:
             by_kind.setdefault(d.series.kind, []).append(d)
         if "flops" not in by_kind:
             self.stats[("no_flop_counters",)] += 1
-            if job.url not in self._hinted:
-                self._hinted.add(job.url)
-                log.warning("engine_without_flop_counters url=%s: start vLLM/SGLang with "
-                            "--enable-mfu-metrics (SGLang also --enable-metrics)", job.url)
+            self._hint(job.url)
+            return []
+        prompt = _total(by_kind.get("prompt_tokens"))
+        generation = _total(by_kind.get("generation_tokens"))
+        if (prompt or generation) and not any(d.delta for d in by_kind["flops"]):
+            # Tokens moved but the FLOP counter did not: it is exported but not fed
+            # (vLLM without --enable-mfu-metrics, or a platform that never fills it).
+            # Reporting 0 FLOPs would claim a busy GPU did no work.
+            self.stats[("flops_not_advancing",)] += 1
+            self._hint(job.url)
             return []
         gpus = job.gpu_uuids
         if not gpus:
@@ -296,8 +306,6 @@ class EngineCollector:
         has_bytes = "read_bytes" in by_kind or "write_bytes" in by_kind
         read = split_per_gpu(by_kind.get("read_bytes", []), n, ordered=job.ordered)
         write = split_per_gpu(by_kind.get("write_bytes", []), n, ordered=job.ordered)
-        prompt = _total(by_kind.get("prompt_tokens"))
-        generation = _total(by_kind.get("generation_tokens"))
         tokens = None if prompt is None and generation is None else \
             ((prompt or 0.0) + (generation or 0.0)) / n
         phase = job.phase or infer_phase(prompt, generation)
@@ -321,6 +329,13 @@ class EngineCollector:
                             " ".join(str(exc).split()))
         self.stats[("reports",)] += len(out)
         return out
+
+    def _hint(self, url: str) -> None:
+        if url not in self._hinted:  # once per engine: the counters explain the rest
+            self._hinted.add(url)
+            log.warning("engine_flop_counters_missing url=%s: its estimated FLOP counters are "
+                        "absent or not advancing; start vLLM/SGLang with --enable-mfu-metrics "
+                        "(SGLang also --enable-metrics)", url)
 
 
 def _total(deltas: list[Delta] | None) -> float | None:

@@ -327,3 +327,20 @@ def test_agent_publishes_engine_reports(server, tmp_path: Path) -> None:
     gpu0 = "GPU-00000000-0000-4000-8000-000000000000"
     assert [(r.workload, r.gpu_uuid, r.flops, r.source) for r in reports] == \
         [("sgl-chat", gpu0, 6.0e14, "engine")]
+
+
+def test_flat_flop_counter_while_tokens_move_is_not_a_zero(server, caplog) -> None:
+    """vLLM exports the counters without --enable-mfu-metrics but never advances them:
+    no report (unknown), not flops=0 (a known zero) for a busy engine."""
+    pages, port = server
+    pages.pages = [vllm_page(0.0, 0.0, 0.0, 100.0, 10.0), vllm_page(0.0, 0.0, 0.0, 100.0, 74.0),
+                   vllm_page(0.0, 0.0, 0.0, 100.0, 74.0)]
+    collector = EngineCollector("n1", discover=False, timeout_s=2.0, targets=[
+        EngineTarget(url=f"127.0.0.1:{port}", workload="w", gpu_uuids=(GPU_A,))])
+    collector.collect(T0)
+    assert collector.collect(T0 + 1) == []  # 64 tokens generated, 0 FLOPs counted
+    assert collector.stats[("flops_not_advancing",)] == 1
+    assert "--enable-mfu-metrics" in caplog.text
+    # nothing moved at all: an idle engine is a known zero
+    [idle] = collector.collect(T0 + 2)
+    assert (idle.flops, idle.bytes, idle.tokens, idle.phase) == (0.0, 0.0, 0.0, None)
