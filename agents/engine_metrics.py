@@ -95,7 +95,7 @@ def parse_exposition(text: str) -> list[Series]:
     values: dict[SeriesKey, float] = {}
     created: dict[SeriesKey, float] = {}
     try:
-        for family in text_string_to_metric_families(text):
+        for family in text_string_to_metric_families(_relevant_lines(text)):
             for sample in family.samples:
                 name = sample.name
                 if name.endswith("_created"):
@@ -109,6 +109,30 @@ def parse_exposition(text: str) -> list[Series]:
         raise ValueError(f"not Prometheus exposition text: {exc}") from exc
     return [Series(name, labels, value, created.get((name, labels)))
             for (name, labels), value in values.items()]
+
+
+_BASES = frozenset(name[: -len("_total")] for name in METRICS)
+
+
+def _base(name: str) -> str:
+    for suffix in ("_total", "_created"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _relevant_lines(text: str) -> str:
+    """Only the lines of the engine counters (samples, ``# HELP``/``# TYPE``): a vLLM page
+    holds ~1000 histogram lines the parser would otherwise spend ~20 ms on per scrape."""
+    keep = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE") and _base(parts[2]) in _BASES:
+                keep.append(line)
+        elif _base(line.split("{", 1)[0].split(None, 1)[0] if line.strip() else "") in _BASES:
+            keep.append(line)
+    return "\n".join(keep) + "\n"
 
 
 def _labels(labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -70,6 +70,12 @@ def test_parse_refuses_garbage() -> None:
         parse_exposition('vllm:estimated_flops_per_gpu_total{engine="0" 12\n')
 
 
+def test_parse_reads_only_engine_counter_lines() -> None:
+    # an unrelated malformed line does not spoil the counters (only their lines are parsed)
+    page = (FIXTURES / "vllm_metrics.txt").read_text() + 'other_metric{a="1" oops\n'
+    assert by_name(parse_exposition(page))["vllm:estimated_flops_per_gpu_total"].value == 3.5e15
+
+
 # --------------------------------------------------------------------------- deltas
 
 
