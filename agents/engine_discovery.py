@@ -11,8 +11,11 @@ whose ``/proc/<pid>/cmdline`` is an engine launch:
 - SGLang: ``-m sglang.launch_server`` (or ``.../sglang/launch_server.py``) or
   ``sglang serve``; default port 30000.
 
-``--port N``/``--port=N`` and ``--host`` come from that command line (a wildcard host,
-``0.0.0.0``/``::``, is scraped on loopback). ``--dtype`` gives the precision
+``--port N``/``--port=N`` and ``--host`` come from that command line. A wildcard host
+(``0.0.0.0``/``::``, or none) is scraped on 127.0.0.1 when the engine shares the agent's
+network namespace (``/proc/<pid>/ns/net``), else -- an engine in its own pod, the agent
+with ``hostPID`` -- on the engine namespace's own address (the first non-loopback
+``/32 host LOCAL`` entry of ``/proc/<pid>/net/fib_trie``, e.g. the pod IP). ``--dtype`` gives the precision
 (bfloat16 -> bf16, float16/half -> fp16, float32/float -> fp32; ``--quantization fp8`` ->
 fp8), else bf16. Every GPU any descendant uses belongs to that engine.
 
@@ -21,8 +24,9 @@ Stdlib only; the /proc root is a seam (a fake tree in tests).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 MAX_DEPTH = 16
@@ -40,6 +44,7 @@ class EngineCommand:
     host: str
     port: int
     precision: str
+    wildcard: bool = False  # no --host, or 0.0.0.0/:: (listens on every address)
 
     @property
     def url(self) -> str:
@@ -84,12 +89,28 @@ def parse_command(argv: Sequence[str]) -> EngineCommand | None:
     if not 0 < port < 65536:
         return None
     host = _option(argv, "--host") or ""
-    if host in _WILDCARD_HOSTS:
+    wildcard = host in _WILDCARD_HOSTS
+    if wildcard:
         host = "127.0.0.1"
     precision = _DTYPES.get((_option(argv, "--dtype") or "").lower(), "bf16")
     if (_option(argv, "--quantization") or "").lower().startswith("fp8"):
         precision = "fp8"
-    return EngineCommand(engine, host, port, precision)
+    return EngineCommand(engine, host, port, precision, wildcard)
+
+
+def local_addresses(fib_trie: str) -> list[str]:
+    """IPv4 addresses a network namespace owns (``/32 host LOCAL`` entries of
+    ``/proc/<pid>/net/fib_trie``), loopback excluded, in order of appearance."""
+    out: list[str] = []
+    last: str | None = None
+    for line in fib_trie.splitlines():
+        text = line.strip()
+        if text.startswith("|--"):
+            last = text[3:].strip()
+        elif (text.startswith("/32 host LOCAL") and last and not last.startswith("127.")
+              and last not in out):
+            out.append(last)
+    return out
 
 
 @dataclass(frozen=True)
@@ -101,6 +122,7 @@ class FoundEngine:
     command: EngineCommand
     gpu_uuids: tuple[str, ...]
     pids: tuple[int, ...]
+    url: str = ""  # where to scrape it from the agent (see the module docstring)
 
 
 class ProcEngineFinder:
@@ -110,6 +132,31 @@ class ProcEngineFinder:
         self.proc_root = Path(proc_root)
         self._root_of: dict[int, int | None] = {}
         self._commands: dict[int, EngineCommand | None] = {}
+        self._urls: dict[int, str] = {}
+        self._own_netns = self._netns("self")
+
+    def _netns(self, pid: int | str) -> str | None:
+        try:
+            return os.readlink(self.proc_root / str(pid) / "ns" / "net")
+        except OSError:
+            return None
+
+    def _url(self, pid: int, command: EngineCommand) -> str:
+        """The URL the agent reaches the engine at (cached per engine pid)."""
+        url = self._urls.get(pid)
+        if url is None:
+            url = command.url
+            netns = self._netns(pid)
+            if command.wildcard and netns and self._own_netns and netns != self._own_netns:
+                try:
+                    trie = (self.proc_root / str(pid) / "net" / "fib_trie").read_text()
+                except OSError:
+                    trie = ""
+                addresses = local_addresses(trie)
+                if addresses:
+                    url = replace(command, host=addresses[0]).url
+            self._urls[pid] = url
+        return url
 
     def _argv(self, pid: int) -> list[str]:
         try:
@@ -166,11 +213,13 @@ class ProcEngineFinder:
                 live_roots.add(root)
         for pid in [p for p in self._commands if p not in live_roots]:
             del self._commands[pid]  # re-read a reused pid's command line
+        for pid in [p for p in self._urls if p not in live_roots]:
+            del self._urls[pid]
         out = []
         for root in sorted(groups):
             command = self._command(root)
             assert command is not None
             pids = groups[root]
             out.append(FoundEngine(root, command, tuple(sorted(set(pids.values()))),
-                                   tuple(sorted(pids))))
+                                   tuple(sorted(pids)), self._url(root, command)))
         return out

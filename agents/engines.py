@@ -218,8 +218,8 @@ class EngineCollector:
                     continue  # configuration names it: its workload/precision win
                 names = Counter(self.workload_of(pid) for pid in f.pids)
                 workload = min(names, key=lambda n: (-names[n], n))  # most common, stable
-                jobs.append(_Job(f.command.url, workload, f.command.precision, f.gpu_uuids,
-                                 False, None))
+                jobs.append(_Job(f.url or f.command.url, workload, f.command.precision,
+                                 f.gpu_uuids, False, None))
         return jobs
 
     # -- one interval ------------------------------------------------------------------

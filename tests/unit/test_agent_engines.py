@@ -9,7 +9,13 @@ names), ``_created`` values pinned; see docs/engines.md.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from agents.agent import Agent
-from agents.engine_discovery import ProcEngineFinder, parse_command
+from agents.engine_discovery import ProcEngineFinder, local_addresses, parse_command
 from agents.engine_metrics import CounterDeltas, Series, parse_exposition
 from agents.engines import EngineCollector, EngineTarget, infer_phase
 from agents.fake_nvml import FakeNvml, node_document
@@ -166,6 +172,59 @@ def test_discovery_from_fake_proc(tmp_path: Path) -> None:
             (200, "sglang", 30000, ("GPU-2",), (201,))]
     # the SGLang scheduler left the GPU: only vLLM remains
     assert [f.root_pid for f in finder.find({102: "GPU-1", 103: "GPU-0"})] == [100]
+
+
+# /proc/<pid>/net/fib_trie of a pod (format as the kernel writes it)
+POD_FIB_TRIE = """Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 10.244.1.0/24 2 0 2
+        +-- 10.244.1.0/28 2 0 2
+           |-- 10.244.1.0
+              /24 link UNICAST
+           |-- 10.244.1.7
+              /32 host LOCAL
+        |-- 10.244.1.255
+           /32 link BROADCAST
+     +-- 127.0.0.0/8 2 0 2
+        +-- 127.0.0.0/31 1 0 0
+           |-- 127.0.0.0
+              /8 host LOCAL
+           |-- 127.0.0.1
+              /32 host LOCAL
+Local:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 10.244.1.7
+        /32 host LOCAL
+"""
+
+
+def test_local_addresses_from_fib_trie() -> None:
+    assert local_addresses(POD_FIB_TRIE) == ["10.244.1.7"]
+    assert local_addresses("") == []
+
+
+def test_engine_in_another_network_namespace_is_scraped_on_its_address(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    (proc / "self" / "ns").mkdir(parents=True)
+    (proc / "self" / "ns" / "net").symlink_to("net:[4026531833]")  # the agent's
+    make_proc(proc, 100, 1, ["vllm", "serve", "m", "--port", "8001"])  # in a pod
+    (proc / "100" / "ns").mkdir()
+    (proc / "100" / "ns" / "net").symlink_to("net:[4026532999]")
+    (proc / "100" / "net").mkdir()
+    (proc / "100" / "net" / "fib_trie").write_text(POD_FIB_TRIE)
+    make_proc(proc, 101, 100, ["python3", "-c", "engine core"])
+    make_proc(proc, 200, 1, ["vllm", "serve", "m", "--port", "8002"])  # host network
+    (proc / "200" / "ns").mkdir()
+    (proc / "200" / "ns" / "net").symlink_to("net:[4026531833]")
+    make_proc(proc, 201, 200, ["python3", "-c", "engine core"])
+    make_proc(proc, 300, 1, ["vllm", "serve", "m", "--port", "8003", "--host", "10.0.0.9"])
+    make_proc(proc, 301, 300, ["python3", "-c", "engine core"])
+    found = ProcEngineFinder(proc).find({101: "GPU-0", 201: "GPU-1", 301: "GPU-2"})
+    assert [f.url for f in found] == ["http://10.244.1.7:8001/metrics",
+                                      "http://127.0.0.1:8002/metrics",
+                                      "http://10.0.0.9:8003/metrics"]
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -350,3 +409,29 @@ def test_flat_flop_counter_while_tokens_move_is_not_a_zero(server, caplog) -> No
     # nothing moved at all: an idle engine is a known zero
     [idle] = collector.collect(T0 + 2)
     assert (idle.flops, idle.bytes, idle.tokens, idle.phase) == (0.0, 0.0, 0.0, None)
+
+
+def test_discovery_on_the_real_proc(tmp_path: Path) -> None:
+    """The real /proc of this machine: a process whose command line reads as `vllm serve
+    --port 18123` with a child on a (pretend) GPU; the child's parent chain leads to it."""
+    ready = tmp_path / "child.pid"
+    code = ("import subprocess, sys, time; "
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+            f"open({str(ready)!r}, 'w').write(str(c.pid)); time.sleep(30)")
+    parent = subprocess.Popen([sys.executable, "-c", code, "vllm", "serve", "m",
+                               "--port", "18123"])
+    try:
+        deadline = time.monotonic() + 20
+        while not (ready.exists() and ready.read_text()):
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.05)
+        child = int(ready.read_text())
+        [found] = ProcEngineFinder("/proc").find({child: GPU_A})
+        assert (found.root_pid, found.command.port, found.gpu_uuids, found.url) == \
+            (parent.pid, 18123, (GPU_A,), "http://127.0.0.1:18123/metrics")
+    finally:
+        parent.kill()
+        parent.wait(10)
+        if ready.exists() and ready.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(ready.read_text()), signal.SIGKILL)
