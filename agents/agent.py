@@ -23,6 +23,7 @@ from typing import Any
 
 from agents.attribution import ProcAttributor
 from agents.dcgm import DcgmPipeCounters, load_dcgm_reader
+from agents.engines import EngineCollector
 from agents.intake import Intake, IntakeServer
 from agents.metrics import MetricsServer, StatsCollector, make_registry
 from agents.nvml import NvmlCollector
@@ -60,6 +61,9 @@ class Agent:
         self.collector = NvmlCollector(s.node, nvml=nvml, attributor=self.attributor,
                                        interval_s=s.interval_s, rediscover_s=s.rediscover_s,
                                        pipe_counters=self.pipe_counters)
+        self.engines = EngineCollector(s.node, targets=s.engines, discover=s.engine_discovery,
+                                       proc_root=s.proc_root, timeout_s=s.engine_timeout_s,
+                                       workload_of=self.attributor.workload)
         self.intake = Intake(s.node, resolve_gpu=self.resolve_gpu,
                              max_bytes=s.max_datagram_bytes)
         self.spool = Spool(s.spool_dir, max_bytes=s.spool_max_bytes,
@@ -111,7 +115,8 @@ class Agent:
         """Collect and publish the interval ending at ``ts`` (epoch seconds)."""
         node = self.settings.node
         samples = self.collector.collect(ts)
-        reports = self._take_reports()
+        # engine counters after NVML: their GPUs come from this interval's pid -> GPU map
+        reports = self._take_reports() + self.engines.collect(ts, self.collector.pid_to_uuid)
         self.publisher.publish(TELEMETRY, samples, key=node)
         self.publisher.publish(FLOPS, reports, key=node)
         self._last_tick = self._clock()
@@ -133,7 +138,8 @@ class Agent:
         return StatsCollector(
             {"nvml": self.collector, "attribution": self.attributor, "intake": self.intake,
              **({"dcgm": self.pipe_counters} if self.pipe_counters is not None else {}),
-             "kafka": self.publisher, "spool": self.spool, "loop": self},
+             "kafka": self.publisher, "spool": self.spool, "engines": self.engines,
+             "loop": self},
             {
                 "gpus": ("devices (GPUs and MIG slices) sampled", lambda: len(self.collector.devices)),
                 "broker_up": ("1 while Kafka acknowledges, 0 while spooling",

@@ -16,6 +16,12 @@ model FLOPs per token. Without ``model``, pass FLOPs yourself: ``step(flops=...)
 measured once with :func:`measure_flops` (PyTorch's ``FlopCounterMode``), or send whole
 intervals with :meth:`FlopReporter.report`.
 
+Bytes (the MBU numerator, ``flop_report/1`` field ``bytes``): in ``mode="decode"`` with a
+model config, each token adds :func:`mfu.flops.decode_bytes` ``.bytes_per_token`` for
+``batch_size`` (default 1) sequences of ``seq_len`` context tokens (weights read once per
+step at the precision's width + the batch's KV cache); or pass ``bytes=`` to
+:meth:`FlopReporter.step` / :meth:`FlopReporter.report` yourself.
+
 ``step()`` only adds to counters; once ``flush_interval_s`` (1 s) has passed since the
 last report it sends one ``flop_report/1`` covering ``[last report, now)`` as a JSON
 datagram to the agent: a Unix datagram socket (``$MFU_AGENT_SOCKET``, default
@@ -166,6 +172,9 @@ class FlopReporter:
         self._clock = clock
         self.flops_per_token, self.hardware_flops_per_token = self._per_token(
             model, seq_len=seq_len, mode=mode, causal=causal, recompute=recompute)
+        # Model bytes per token (decode with a model config only), bytes.
+        self.bytes_per_token = self._bytes_per_token(
+            model, mode=mode, seq_len=seq_len, batch_size=batch_size, precision=precision)
         if model_name is None and isinstance(model, Mapping):
             model_name = model.get("_name_or_path") or model.get("model_type")
 
@@ -200,6 +209,8 @@ class FlopReporter:
         self._hw_flops = 0.0
         self._tokens = 0.0
         self._steps = 0
+        self._bytes = 0.0
+        self._bytes_known = False
 
     @staticmethod
     def _per_token(model: Any, **kw: Any) -> tuple[float | None, float | None]:
@@ -217,12 +228,32 @@ class FlopReporter:
         per_token = flops_per_token(cfg, **kw)
         return per_token.model_flops, per_token.hardware_flops
 
+    @staticmethod
+    def _bytes_per_token(model: Any, *, mode: str, seq_len: int | None,
+                         batch_size: int | None, precision: str) -> float | None:
+        if mode != "decode" or model is None or seq_len is None or (
+                isinstance(model, int | float) and not isinstance(model, bool)):
+            return None
+        from mfu.flops import ModelConfig, decode_bytes
+
+        cfg = model if isinstance(model, ModelConfig) else ModelConfig.from_hf_config(model)
+        return decode_bytes(cfg, batch_size=batch_size or 1, context_len=seq_len,
+                            precision=precision).bytes_per_token
+
     # -- the hot path ------------------------------------------------------------------
-    def step(self, tokens: float | None = None, *, flops: float | None = None) -> None:
+    def step(self, tokens: float | None = None, *, flops: float | None = None,
+             bytes: float | None = None) -> None:
         """Record one step: ``tokens`` processed (FLOPs from the model), or ``flops``
-        (model FLOPs, not FLOP/s) directly. Sends a report at most every
-        ``flush_interval_s``. Never raises, never blocks."""
+        (model FLOPs, not FLOP/s) directly; ``bytes``: model bytes the step moved
+        (default: tokens x the decode bytes per token, where known). Sends a report at
+        most every ``flush_interval_s``. Never raises, never blocks."""
         try:
+            if bytes is not None:
+                self._bytes += bytes
+                self._bytes_known = True
+            elif tokens and self.bytes_per_token is not None:
+                self._bytes += tokens * self.bytes_per_token
+                self._bytes_known = True
             if flops is None:
                 flops = tokens * self.flops_per_token  # type: ignore[operator]
                 if self.hardware_flops_per_token is not None:
@@ -250,7 +281,9 @@ class FlopReporter:
     def _emit(self, now: float) -> None:
         start = max(self._start, now - _MAX_INTERVAL_S + 1e-3)
         flops, hw, tokens = self._flops, self._hw_flops, self._tokens
+        nbytes, bytes_known = self._bytes, self._bytes_known
         self._start, self._flops, self._hw_flops, self._tokens, self._steps = now, 0.0, 0.0, 0.0, 0
+        self._bytes, self._bytes_known = 0.0, False
         if now <= start:
             self.stats["dropped_clock"] += 1
             return
@@ -259,13 +292,16 @@ class FlopReporter:
             extra["tokens"] = tokens
         if hw and math.isfinite(hw) and hw >= flops:
             extra["hardware_flops"] = hw
+        if bytes_known:
+            extra["bytes"] = nbytes
         self._send(extra)
 
     # -- explicit intervals ------------------------------------------------------------
     def report(self, *, flops: float, start: float, end: float, tokens: float | None = None,
-               hardware_flops: float | None = None) -> bool:
-        """Send one report of ``flops`` model FLOPs done in ``[start, end)`` (epoch s)
-        now. Returns whether the datagram left; never raises."""
+               hardware_flops: float | None = None, bytes: float | None = None) -> bool:
+        """Send one report of ``flops`` model FLOPs (and ``bytes`` model bytes moved, if
+        given) done in ``[start, end)`` (epoch s) now. Returns whether the datagram left;
+        never raises."""
         try:
             extra: dict[str, Any] = {"start": float(start), "end": float(end),
                                      "flops": float(flops)}
@@ -273,6 +309,8 @@ class FlopReporter:
                 extra["tokens"] = float(tokens)
             if hardware_flops is not None:
                 extra["hardware_flops"] = float(hardware_flops)
+            if bytes is not None:
+                extra["bytes"] = float(bytes)
             return self._send(extra)
         except Exception:
             self.stats["errors"] += 1

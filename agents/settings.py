@@ -24,6 +24,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from agents.engines import EngineTarget
 from mfu.config import KafkaSettings
 
 ENV_PREFIX = "MFU_AGENT_"
@@ -97,6 +98,13 @@ class AgentSettings(BaseSettings):
     max_datagram_bytes: int = Field(65536, ge=1024, le=212992)
     max_reports_per_interval: int = Field(50_000, ge=1, description="intake buffer bound")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    # Inference engines (vLLM, SGLang) whose FLOP/byte counters become flop_report/1
+    # with source "engine" (see agents/engines.py and docs/engines.md).
+    engines: list[EngineTarget] = Field(default_factory=list, description="configured "
+                                        "engines: url, workload [, precision, gpu_uuids, phase]")
+    engine_discovery: bool = Field(True, description="find engines above GPU processes "
+                                   "(vllm serve / sglang.launch_server command lines)")
+    engine_timeout_s: float = Field(0.5, gt=0, le=10, description="per engine scrape timeout")
 
     @field_validator("socket")
     @classmethod

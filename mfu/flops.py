@@ -1,6 +1,7 @@
 """Model FLOPs per token for transformer LMs (dense, GQA, SwiGLU, MoE, MLA).
 
-Units are in the names: ``*_flops`` are FLOPs (per token here), ``*_flops_per_s`` rates.
+Units are in the names: ``*_flops`` are FLOPs (per token here), ``*_flops_per_s`` rates,
+``*_bytes`` bytes. Decode bytes (the MBU numerator) are in :func:`decode_bytes`.
 
 Formulas (PaLM, Chowdhery et al. 2022, appendix B; Megatron, Korthikanti et al. 2022):
 
@@ -446,6 +447,95 @@ def mfu_ratio(achieved_flops_per_s: float, peak_flops_per_s: float | None) -> fl
     if peak_flops_per_s is None or not math.isfinite(peak_flops_per_s) or peak_flops_per_s <= 0:
         return None
     return achieved_flops_per_s / peak_flops_per_s
+
+
+# --------------------------------------------------------------------------- bytes
+
+# Storage width of one element (weight or KV-cache entry) per precision, bytes.
+BYTES_PER_ELEMENT: dict[str, float] = {"fp64": 8.0, "fp32": 4.0, "tf32": 4.0, "bf16": 2.0,
+                                       "fp16": 2.0, "fp8": 1.0, "int8": 1.0}
+
+
+class DecodeBytes(BaseModel):
+    """Model bytes one decode step reads from GPU memory (the MBU numerator).
+
+    Per step of a batch of `batch_size` sequences, each generating one token against a
+    context of `context_len` tokens:
+
+        weight_bytes   = weight_params x weight width          (read once per step)
+        kv_cache_bytes = batch_size x context_len x kv_cache_bytes_per_context_token
+        bytes_per_step = weight_bytes + kv_cache_bytes;  bytes_per_token = per step / batch
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_size: int
+    context_len: int
+    weight_params: int
+    weight_bytes: float
+    kv_cache_bytes_per_context_token: float
+    kv_cache_bytes: float
+    bytes_per_step: float
+    bytes_per_token: float
+
+
+def kv_cache_bytes_per_token(cfg: ModelConfig, kv_bytes_per_element: float) -> float:
+    """KV-cache bytes one cached token holds over all layers (bytes, per sequence).
+
+    - MHA/GQA: num_key_value_heads x (head_dim + v_head_dim) x layers x width
+      (= kv_heads x head_dim x 2 (K and V) x layers x width when v_head_dim = head_dim);
+    - MLA (DeepSeek-V2/V3): one latent of kv_lora_rank + qk_rope_head_dim per layer.
+    """
+    if cfg.kv_lora_rank is not None:
+        per_layer = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    else:
+        per_layer = cfg.num_key_value_heads * (cfg.head_dim + cfg.v_head_dim)
+    return float(per_layer * cfg.num_layers) * kv_bytes_per_element
+
+
+def decode_bytes(cfg: ModelConfig, *, batch_size: int = 1, context_len: int,
+                 precision: str = "bf16", kv_precision: str | None = None) -> DecodeBytes:
+    """Bytes a decode step reads: active weights once per step + each sequence's KV cache.
+
+    - Weights: `ParamCounts.active_matmul` parameters (attention, dense MLP or the
+      router + shared + top-k routed experts of MoE layers, and the unembedding) at
+      `precision`'s width. The input embedding is a lookup of `batch_size` rows, norms
+      and biases are elementwise: all negligible, left out.
+    - KV cache: `context_len` cached tokens per sequence (see
+      :func:`kv_cache_bytes_per_token`), at `kv_precision`'s width (default `precision`).
+
+    MoE: with batch_size > 1 different tokens route to different experts, so a step may
+    read up to min(E, batch x top-k) experts per layer; this counts top-k (a lower bound).
+    Activations and the new token's KV write are left out (small in decode).
+    """
+    for name, value in (("batch_size", batch_size), ("context_len", context_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    widths = []
+    for name, p in (("precision", precision), ("kv_precision", kv_precision or precision)):
+        if p not in BYTES_PER_ELEMENT:
+            raise ValueError(f"{name} must be one of {', '.join(BYTES_PER_ELEMENT)}, got {p!r}")
+        widths.append(BYTES_PER_ELEMENT[p])
+    weight_width, kv_width = widths
+    params = param_counts(cfg).active_matmul
+    weight = float(params) * weight_width
+    per_token = kv_cache_bytes_per_token(cfg, kv_width)
+    kv = float(batch_size) * context_len * per_token
+    step = weight + kv
+    return DecodeBytes(batch_size=batch_size, context_len=context_len, weight_params=params,
+                       weight_bytes=weight, kv_cache_bytes_per_context_token=per_token,
+                       kv_cache_bytes=kv, bytes_per_step=step, bytes_per_token=step / batch_size)
+
+
+def mbu_ratio(achieved_bytes_per_s: float, peak_bytes_per_s: float | None) -> float | None:
+    """Model bandwidth utilisation (ratio): achieved model bytes/s / peak memory bytes/s;
+    None where no peak is known."""
+    if not math.isfinite(achieved_bytes_per_s) or achieved_bytes_per_s < 0:
+        raise ValueError(f"achieved bytes/s must be a finite non-negative number, got "
+                         f"{achieved_bytes_per_s}")
+    if peak_bytes_per_s is None or not math.isfinite(peak_bytes_per_s) or peak_bytes_per_s <= 0:
+        return None
+    return achieved_bytes_per_s / peak_bytes_per_s
 
 
 # --------------------------------------------------------------------------- helpers

@@ -4,6 +4,13 @@
               --tokens-per-s-per-gpu 3200 [--seq-len 4096] [--mode train] [--causal] \\
               [--recompute full] [--json]
     mfu flops --params 7e9 --gpu ... --precision bf16 --achieved-tflops-per-gpu 400
+    mfu flops --model config.json --mode decode --batch-size 8 --context-len 2048 \\
+              --gpu "NVIDIA H100 80GB HBM3" --precision bf16 --tokens-per-s-per-gpu 1000
+
+In decode mode with ``--model`` it also prints the bytes a decode step reads (weights once
+per step + the batch's KV cache, ``mfu.flops.decode_bytes``) and the MBU inputs: achieved
+bytes/s per GPU, the GPU's peak memory bandwidth, MBU, the arithmetic intensity and the
+ridge point.
 
 Throughput is per GPU. ``--achieved-tflops-per-gpu`` is read as *model* TFLOP/s (the MFU
 numerator). With ``--params`` alone the attention term is omitted (it needs the model's
@@ -21,11 +28,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mfu import peaks
 from mfu.flops import (
     MODES,
     RECOMPUTES,
     ModelConfig,
+    decode_bytes,
     flops_per_token,
+    mbu_ratio,
     mfu_ratio,
     param_counts,
 )
@@ -70,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--causal", action="store_true", help="halve the attention term")
     parser.add_argument(
         "--recompute", default="none", help=f"activation recomputation: {', '.join(RECOMPUTES)}"
+    )
+    parser.add_argument("--batch-size", help="decode: sequences per step (default 1)")
+    parser.add_argument(
+        "--context-len", help="decode: tokens in each sequence's KV cache (default: --seq-len)"
+    )
+    parser.add_argument(
+        "--kv-precision", help="decode: KV-cache element type (default: --precision)"
     )
     parser.add_argument("--mig-profile", help="MIG profile when the GPU is a slice")
     parser.add_argument("--sm-clock-mhz", help="enforced max SM clock (MHz)")
@@ -139,6 +156,13 @@ def run(args: argparse.Namespace) -> int:
         seq_len, seq_source = cfg.max_position_embeddings, "max_position_embeddings"
     else:
         seq_len, seq_source = DEFAULT_SEQ_LEN, "default"
+    batch_size, kv_precision = _decode_args(args, precision)
+    if args.context_len is not None:
+        context = _positive_int("--context-len", args.context_len)
+        if args.seq_len is not None and context != seq_len:
+            raise CLIError("--context-len and --seq-len differ; in decode mode they are the "
+                           "same thing (the context a new token attends to): give one")
+        seq_len, seq_source = context, "--context-len"
 
     try:
         if cfg is not None:
@@ -196,6 +220,9 @@ def run(args: argparse.Namespace) -> int:
         "mfu": mfu,
         "hfu": hfu,
     }
+    if args.mode == "decode":
+        out.update(_decode_out(args, cfg, precision, kv_precision, batch_size, seq_len,
+                               tokens_per_s, per_token.model_flops, peak.peak_flops_per_s))
     if mfu is not None and mfu > 1.0:
         print(
             f"mfu flops: warning: MFU {mfu:.2f} > 1; is the throughput per GPU and the "
@@ -221,4 +248,89 @@ def run(args: argparse.Namespace) -> int:
         f"{tflops(peak.peak_flops_per_s)} peak ({peak.gpu.name}, {precision} dense): "
         f"MFU {mfu_text}, HFU {hfu_text}"
     )
+    if args.mode == "decode":
+        _print_decode(out)
     return 0
+
+
+def _positive_int(option: str, text: str) -> int:
+    value = parse_number(option, text)
+    if value is None or value != int(value):
+        raise CLIError(f"{option} must be a positive integer, got {text!r}")
+    return int(value)
+
+
+def _decode_args(args: argparse.Namespace, precision: str) -> tuple[int, str]:
+    """(batch size, KV-cache precision) of a decode run; CLIError outside decode mode."""
+    if args.mode != "decode":
+        for option, value in (("--batch-size", args.batch_size),
+                              ("--context-len", args.context_len),
+                              ("--kv-precision", args.kv_precision)):
+            if value is not None:
+                raise CLIError(f"{option} only applies to --mode decode")
+        return 1, precision
+    batch = 1 if args.batch_size is None else _positive_int("--batch-size", args.batch_size)
+    kv = precision if args.kv_precision is None else check_precision(args.kv_precision)
+    return batch, kv
+
+
+def _decode_out(args: argparse.Namespace, cfg: ModelConfig | None, precision: str,
+                kv_precision: str, batch_size: int, context_len: int, tokens_per_s: float,
+                flops_per_token: float, peak_flops_per_s: float) -> dict[str, Any]:
+    """Decode bytes and MBU inputs (null where --model is missing or no bandwidth known)."""
+    try:
+        peak_bytes: float | None = peaks.peak_bytes_per_s(
+            args.gpu, mig_profile=args.mig_profile, form_factor=args.form_factor)
+    except (LookupError, ValueError):
+        peak_bytes = None
+    ridge = None if not peak_bytes else peak_flops_per_s / peak_bytes
+    out: dict[str, Any] = {
+        "batch_size": batch_size, "context_len": context_len, "kv_precision": kv_precision,
+        "peak_bytes_per_s_per_gpu": peak_bytes, "ridge_flops_per_byte": ridge,
+        "weight_params": None, "weight_bytes_per_step": None,
+        "kv_cache_bytes_per_context_token": None, "kv_cache_bytes_per_step": None,
+        "bytes_per_step": None, "bytes_per_token": None,
+        "achieved_bytes_per_s_per_gpu": None, "mbu": None,
+        "arithmetic_intensity_flops_per_byte": None,
+    }
+    if cfg is None:
+        out["bytes_note"] = "decode bytes need --model (KV-cache shape)"
+        return out
+    try:
+        b = decode_bytes(cfg, batch_size=batch_size, context_len=context_len,
+                         precision=precision, kv_precision=kv_precision)
+    except ValueError as exc:
+        raise CLIError(one_line(exc)) from exc
+    achieved = tokens_per_s * b.bytes_per_token
+    out.update({
+        "weight_params": b.weight_params, "weight_bytes_per_step": b.weight_bytes,
+        "kv_cache_bytes_per_context_token": b.kv_cache_bytes_per_context_token,
+        "kv_cache_bytes_per_step": b.kv_cache_bytes, "bytes_per_step": b.bytes_per_step,
+        "bytes_per_token": b.bytes_per_token, "achieved_bytes_per_s_per_gpu": achieved,
+        "mbu": mbu_ratio(achieved, peak_bytes),
+        "arithmetic_intensity_flops_per_byte": flops_per_token / b.bytes_per_token,
+    })
+    return out
+
+
+def _print_decode(out: dict[str, Any]) -> None:
+    if out["bytes_per_step"] is None:
+        print(f"decode bytes: n/a ({out['bytes_note']})")
+        return
+    print(
+        f"decode bytes/step (batch {out['batch_size']}, context {out['context_len']}): "
+        f"{out['bytes_per_step']:.4g} = weights {out['weight_bytes_per_step']:.4g} "
+        f"({out['weight_params']:.4g} params) + KV cache {out['kv_cache_bytes_per_step']:.4g} "
+        f"({out['kv_cache_bytes_per_context_token']:.4g} B per context token, "
+        f"{out['kv_precision']}); {out['bytes_per_token']:.4g} bytes/token"
+    )
+    peak = out["peak_bytes_per_s_per_gpu"]
+    mbu = "n/a" if out["mbu"] is None else f"{out['mbu']:.4f} ({out['mbu']:.1%})"
+    peak_text = "unknown" if peak is None else f"{peak / 1e12:,.3f} TB/s"
+    ridge = out["ridge_flops_per_byte"]
+    ridge_text = "n/a" if ridge is None else f"{ridge:,.1f}"
+    print(
+        f"{out['achieved_bytes_per_s_per_gpu'] / 1e12:,.3f} TB/s/GPU of {peak_text} peak: "
+        f"MBU {mbu}; arithmetic intensity "
+        f"{out['arithmetic_intensity_flops_per_byte']:,.1f} FLOP/B vs ridge {ridge_text} FLOP/B"
+    )

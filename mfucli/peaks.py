@@ -1,4 +1,6 @@
-"""`mfu peaks`: dense peak FLOP/s of a GPU (or MIG slice) from the catalog.
+"""`mfu peaks`: dense peak FLOP/s and memory bandwidth of a GPU (or MIG slice) from the
+catalog, and the ridge point (peak FLOP/s / peak bytes/s, FLOP per byte: work with a lower
+arithmetic intensity is memory-bound on that GPU).
 
     mfu peaks --gpu "NVIDIA H100 80GB HBM3" --precision bf16 [--mig-profile 1g.10gb]
               [--sm-clock-mhz 1410] [--form-factor SXM] [--json]
@@ -110,6 +112,11 @@ def run(args: argparse.Namespace) -> int:
     precision = check_precision(args.precision)
     peak = resolve(args, precision)
     spec = peak.gpu
+    peak_bytes = _peak_bytes(args)
+    ridge = None if peak_bytes is None else peak.peak_flops_per_s / peak_bytes
+    memory_fraction = None
+    if peak_bytes is not None and spec.memory_bandwidth_bytes_per_s:
+        memory_fraction = peak_bytes / spec.memory_bandwidth_bytes_per_s
     if args.json:
         out: dict[str, Any] = {
             "gpu": spec.name,
@@ -127,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
             "form_factor": spec.form_factor,
             "compute_units": spec.compute_units,
             "memory_bandwidth_bytes_per_s": spec.memory_bandwidth_bytes_per_s,
+            "peak_bytes_per_s": peak_bytes,
+            "peak_tb_per_s": None if peak_bytes is None else peak_bytes / 1e12,
+            "mig_memory_fraction": memory_fraction,
+            "ridge_flops_per_byte": ridge,
             "source": spec.source,
         }
         print(json.dumps(out, indent=2))
@@ -138,8 +149,25 @@ def run(args: argparse.Namespace) -> int:
         parts.append(f"clock factor {peak.clock_factor:.4f}")
     if peak.peak_flops_per_s != peak.datasheet_flops_per_s:
         parts.append(f"datasheet {tflops(peak.datasheet_flops_per_s)}")
+    if peak_bytes is None:
+        parts.append("memory bandwidth not in the catalog")
+    else:
+        slices = "" if memory_fraction in (None, 1.0) else \
+            f" ({memory_fraction:.4g} of the memory slices)"
+        parts.append(f"{peak_bytes / 1e12:,.3f} TB/s memory bandwidth{slices}; "
+                     f"ridge point {ridge:,.1f} FLOP/byte")
     print("; ".join(parts) + f"  [source: {spec.source}]")
     return 0
+
+
+def _peak_bytes(args: argparse.Namespace) -> float | None:
+    """Peak memory bandwidth (bytes/s) of the GPU or MIG slice; None where the catalog
+    has no bandwidth for it."""
+    try:
+        return peaks.peak_bytes_per_s(args.gpu, mig_profile=args.mig_profile,
+                                      form_factor=args.form_factor)
+    except ValueError:
+        return None
 
 
 def _list(args: argparse.Namespace) -> int:
