@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "policies": "mfucli.policies",
     "bench": "mfucli.bench",
     "demo": "mfucli.demo",
+    "ledger": "mfucli.ledger",
 }
 
 
