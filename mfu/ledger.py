@@ -34,10 +34,12 @@ Definitions (units in the names):
   "USD per effective PFLOP-hour" (policies/rules.py ``CostRule``: cost = gpu_seconds/3600
   x price, effective PFLOP-hours = achieved_flops / 1e15 / 3600). ``None`` when the group
   has no measured FLOPs or no price.
-- ``wasted_usd`` ("idle or wasted") = ``known_usd`` x max(0, 1 - ``mfu`` /
-  ``reference_mfu``), where ``known_usd`` is the cost of the GPU-seconds whose MFU is
-  known. Idle GPU-seconds are known zeros, so a tenant holding idle GPUs pays into it;
-  work at or above the reference MFU wastes nothing.
+- ``wasted_usd`` ("idle or wasted") = Σ over windows of ``known_usd_w`` x max(0, 1 -
+  ``mfu_w`` / ``reference_mfu``), where ``known_usd_w`` is the cost of the window's
+  GPU-seconds whose MFU is known. Idle GPU-seconds are known zeros, so a tenant holding
+  idle GPUs pays into it; a window at or above the reference MFU wastes nothing. Taken
+  per window (not from the group's average MFU) so that it is additive: the rows of any
+  grouping sum to the same total, and a month is the sum of its days.
 - ``unknown_usd`` = cost of the GPU-seconds with no known MFU (busy and silent: sources
   ``counters`` and ``none``, or windows whose ``mfu`` is null). Neither useful nor
   wasted: a silent busy GPU is never counted as a zero. ``cost_usd`` = ``known_usd`` +
@@ -216,8 +218,10 @@ class _Acc:
     tokens: float = 0.0
     token_windows: int = 0
     unpriced_s: float = 0.0
+    reference_mfu: float = 0.4
     known_usd: float = 0.0
     unknown_usd: float = 0.0
+    wasted_usd: float = 0.0
     priced_flops: float = 0.0
     sources_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SOURCES, 0.0))
     unpriced_models: set[str] = field(default_factory=set)
@@ -251,17 +255,17 @@ class _Acc:
             self.unpriced_s += gpu_s
             self.unpriced_models.add(p.gpu_model or NO_MODEL)
         else:
-            self.known_usd += known_s / 3600.0 * price
+            known_usd = known_s / 3600.0 * price
+            self.known_usd += known_usd
+            if p.mfu is not None:
+                self.wasted_usd += known_usd * max(0.0, 1.0 - p.mfu / self.reference_mfu)
             self.unknown_usd += max(0.0, gpu_s - known_s) / 3600.0 * price
             self.priced_flops += flops
 
-    def row(self, group: str, reference_mfu: float) -> LedgerRow:
+    def row(self, group: str) -> LedgerRow:
         mfu = _ratio(self.mfu_x_s, self.known_s)
         priced = self.gpu_s - self.unpriced_s > 0
         cost = self.known_usd + self.unknown_usd if priced else None
-        wasted = None
-        if priced:
-            wasted = 0.0 if mfu is None else self.known_usd * max(0.0, 1.0 - mfu / reference_mfu)
         per = (cost / (self.priced_flops / FLOPS_PER_PFLOP_HOUR)
                if cost is not None and self.priced_flops > 0 else None)
         return LedgerRow(
@@ -280,7 +284,7 @@ class _Acc:
             tokens=self.tokens if self.token_windows else None,
             cost_usd=cost,
             usd_per_useful_pflop_hour=per,
-            wasted_usd=wasted,
+            wasted_usd=self.wasted_usd if priced else None,
             unknown_usd=self.unknown_usd if priced else None,
             unpriced_gpu_hours=self.unpriced_s / 3600.0,
             unpriced_models=sorted(self.unpriced_models),
@@ -420,21 +424,24 @@ def build_ledger(
     if by not in GROUP_BYS:
         raise ValueError(f"unknown grouping {by!r}: use one of {', '.join(GROUP_BYS)}")
     pts = list(points)
+    # One point per (scope, key, fleet, window): a window written twice (a replay after a
+    # worker restart, possibly with another tag set) counts once, the last copy wins.
+    unique = list({(p.scope, p.key, p.fleet, p.time_s): p for p in pts}.values())
     groups: dict[str, _Acc] = {}
-    total = _Acc()
-    for p in pts:
+    total = _Acc(reference_mfu=reference_mfu)
+    for p in unique:
         if p.scope != "workload":
             continue
         w = _weight(p, hop_s)
         price = prices.price(p.gpu_model)
-        groups.setdefault(group_of(p, by), _Acc()).add(p, w, price)
+        groups.setdefault(group_of(p, by), _Acc(reference_mfu=reference_mfu)).add(p, w, price)
         total.add(p, w, price)
-    rows = [acc.row(name, reference_mfu) for name, acc in groups.items()]
+    rows = [acc.row(name) for name, acc in groups.items()]
     rows.sort(key=lambda r: (r.cost_usd is None, -(r.cost_usd or 0.0), r.group))
     return Ledger(
         group_by=by, since_s=since_s, until_s=until_s, reference_mfu=reference_mfu,
-        rows=rows, total=total.row(TOTAL, reference_mfu),
-        capacity=capacity(pts, prices, hop_s=hop_s),
+        rows=rows, total=total.row(TOTAL),
+        capacity=capacity(unique, prices, hop_s=hop_s),
     )
 
 

@@ -283,8 +283,8 @@ def format_table(ledger: Ledger) -> str:
     period = (f"{_iso(ledger.since_s)} .. {_iso(ledger.until_s)}"
               if ledger.since_s is not None and ledger.until_s is not None else "all points")
     out.append("")
-    out.append(f"period {period}; wasted = cost of known GPU-hours x max(0, 1 - MFU / "
-               f"{ledger.reference_mfu:g}); $/PFLOP-h = cost / (measured FLOPs / 3.6e18)")
+    out.append(f"period {period}; wasted = per window, cost of known GPU-hours x max(0, 1 - "
+               f"MFU / {ledger.reference_mfu:g}); $/PFLOP-h = cost / (measured FLOPs / 3.6e18)")
     cap = ledger.capacity
     if cap is not None:
         out.append(
