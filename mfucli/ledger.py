@@ -30,6 +30,7 @@ from mfu.ledger import (
     COLUMNS,
     GROUP_BYS,
     SOURCES,
+    GroupBy,
     Ledger,
     LedgerPoint,
     Prices,
@@ -301,6 +302,17 @@ def format_table(ledger: Ledger) -> str:
             "MFU_LEDGER_PRICES='{\"<gpu_model>\": USD_PER_GPU_HOUR, \"*\": ...}'"
         )
     return "\n".join(out)
+
+
+def ledger_summary(records: Any, *, by: GroupBy = "tenant",
+                   settings: LedgerSettings | None = None) -> str:
+    """The ledger table of ``mfu_window/1`` records already in hand (the demo's summary
+    ends with it), priced by ``MFU_LEDGER_*``; no InfluxDB needed."""
+    settings = settings or LedgerSettings()
+    points = [LedgerPoint.from_window(r) for r in records]
+    ledger = build_ledger(points, Prices(usd_per_gpu_hour=settings.prices), by=by,
+                          reference_mfu=settings.reference_mfu)
+    return format_table(ledger)
 
 
 # --- command --------------------------------------------------------------------------

@@ -125,3 +125,19 @@ def test_dashboard_queries_read_contract_fields_in_linear_pipelines() -> None:
     overview = json.loads((ROOT / "deploy/grafana/dashboards/mfu-overview.json").read_text())
     assert {p["datasource"]["uid"] for p in dash["panels"]} == {
         overview["panels"][0]["datasource"]["uid"]}
+
+
+def test_ledger_summary_of_records_in_hand() -> None:
+    from mfu.config import LedgerSettings
+    from mfu.events import FlopSources, MfuWindow
+    from mfucli.ledger import ledger_summary
+
+    w = MfuWindow(event_id="x", scope="workload", key="train-a", window_start=NOW,
+                  window_end=NOW + 10, mfu=0.5, achieved_flops=3.2e16, peak_flops=6.4e16,
+                  gpu_seconds=80, gpus=8, gpu_model="NVIDIA H100 80GB HBM3", tenant="acme",
+                  flop_sources=FlopSources(reported=80))
+    text = ledger_summary([w], settings=LedgerSettings(prices={"*": 3.6}))
+    # 80 s x 3.6 USD / 3600 = 0.08 USD; 3.2e16 FLOPs = 32 PFLOP; MFU 50%
+    acme = next(line.split() for line in text.splitlines() if line.startswith("acme"))
+    assert acme[1] == "0.02" and acme[4] == "32.000" and acme[6] == "50.0%"
+    assert acme[8] == "0.08"
