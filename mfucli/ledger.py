@@ -357,7 +357,11 @@ def _run(args: argparse.Namespace) -> int:
     since_s, until_s = parse_time(args.since, now_s), parse_time(args.until, now_s)
     if until_s <= since_s:
         raise CLIError(f"--until ({_iso(until_s)}) must be after --since ({_iso(since_s)})")
-    influx = InfluxSettings()
+    try:
+        influx = InfluxSettings()
+    except ValidationError as exc:
+        raise CLIError(f"InfluxDB settings refused: {exc.errors()[0]['msg']} "
+                       "(check MFU_INFLUX_*)") from None
     try:
         skipped: list[str] = []
         points = read_points(influx, since_s, until_s, args.fleet, skipped)
@@ -375,8 +379,11 @@ def _run(args: argparse.Namespace) -> int:
     ledger = build_ledger(points, prices, by=args.by, reference_mfu=reference, hop_s=hop_s,
                           since_s=since_s, until_s=until_s)
     if args.csv and args.csv != "-":
-        with open(args.csv, "w", newline="") as fh:
-            fh.write(to_csv(ledger))
+        try:
+            with open(args.csv, "w", newline="") as fh:
+                fh.write(to_csv(ledger))
+        except OSError as exc:
+            raise CLIError(f"cannot write --csv {args.csv}: {exc.strerror}") from None
     if args.csv == "-":
         sys.stdout.write(to_csv(ledger))
     elif args.json:

@@ -141,3 +141,26 @@ def test_ledger_summary_of_records_in_hand() -> None:
     acme = next(line.split() for line in text.splitlines() if line.startswith("acme"))
     assert acme[1] == "0.02" and acme[4] == "32.000" and acme[6] == "50.0%"
     assert acme[8] == "0.08"
+
+
+def test_bad_settings_are_one_line_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    from mfucli.main import main
+
+    monkeypatch.setenv("MFU_LEDGER_PRICES", '{"*": "cheap"}')
+    assert main(["ledger"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mfu ledger: error: ledger settings refused") and err.count("\n") == 1
+    monkeypatch.setenv("MFU_LEDGER_PRICES", '{"*": 2.0}')
+    assert main(["ledger", "--reference-mfu", "1.5"]) == 2
+    assert "--reference-mfu must be in (0, 1]" in capsys.readouterr().err
+    assert main(["ledger", "--prices", "[1, 2]"]) == 2
+    assert "--prices must be a JSON object" in capsys.readouterr().err
+    assert main(["ledger", "--since", "1h", "--until", "2h"]) == 2
+    assert "must be after --since" in capsys.readouterr().err
+    # Nothing listens on port 9 (discard): the error names the URL and the settings to check.
+    monkeypatch.setenv("MFU_INFLUX_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("MFU_INFLUX_API", "v1")
+    assert main(["ledger"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read InfluxDB at http://127.0.0.1:9" in err and "MFU_INFLUX_URL" in err
