@@ -368,8 +368,12 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, urllib.error.URLError) as exc:
         raise CLIError(f"cannot read InfluxDB at {influx.url}: {exc} (check MFU_INFLUX_URL, "
                        "_TOKEN, _BUCKET, _API)") from None
-    except Exception as exc:  # influxdb-client raises its own ApiException
-        if type(exc).__module__.startswith("influxdb_client"):
+    except Exception as exc:  # influxdb-client: ApiException; urllib3: connection errors
+        module = type(exc).__module__
+        if module.startswith("urllib3"):
+            raise CLIError(f"cannot read InfluxDB at {influx.url}: {type(exc).__name__} "
+                           "(check MFU_INFLUX_URL, _TOKEN, _BUCKET, _API)") from None
+        if module.startswith("influxdb_client"):
             raise CLIError(f"InfluxDB at {influx.url} refused the query: "
                            f"{str(exc).splitlines()[0][:300]}") from None
         raise

@@ -160,7 +160,8 @@ def test_bad_settings_are_one_line_errors(monkeypatch: pytest.MonkeyPatch, capsy
     assert "must be after --since" in capsys.readouterr().err
     # Nothing listens on port 9 (discard): the error names the URL and the settings to check.
     monkeypatch.setenv("MFU_INFLUX_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("MFU_INFLUX_API", "v1")
-    assert main(["ledger"]) == 2
-    err = capsys.readouterr().err
-    assert "cannot read InfluxDB at http://127.0.0.1:9" in err and "MFU_INFLUX_URL" in err
+    for api in ("v1", "v2"):
+        monkeypatch.setenv("MFU_INFLUX_API", api)
+        assert main(["ledger"]) == 2
+        err = capsys.readouterr().err
+        assert "cannot read InfluxDB at http://127.0.0.1:9" in err and "MFU_INFLUX_URL" in err
