@@ -143,7 +143,7 @@ class LedgerPoint(BaseModel):
         sources = {s: num(f"flop_sources_{s}") for s in SOURCES}
         tflops, etflops = num("achieved_tflops"), num("estimated_tflops")
         return cls(
-            scope=tags["scope"],
+            scope=tags.get("scope"),
             key=tags.get("key") or "",
             time_s=time_s,
             window_s=window_s,

@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
                    "(2026-12-01, 2026-12-01T00:00:00Z, Unix seconds); default 24h")
     p.add_argument("--until", default="now", help="end (exclusive), same forms; default now")
     p.add_argument("--by", choices=GROUP_BYS, default="tenant", help="grouping (default tenant)")
-    p.add_argument("--fleet", help="only points whose fleet tag is NAME")
+    p.add_argument("--fleet", metavar="NAME", help="only points whose fleet tag is NAME")
     p.add_argument("--csv", metavar="FILE", help="also write CSV to FILE ('-': CSV on stdout)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--reference-mfu", type=float, default=None,
