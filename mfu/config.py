@@ -130,3 +130,67 @@ class WindowSettings(BaseSettings):
             if abs(ratio - round(ratio)) > 1e-9:
                 raise ValueError("size_s must be a whole multiple of hop_s")
         return self
+
+
+class LedgerSettings(BaseSettings):
+    """`mfu ledger`: prices and the reference MFU of the "idle or wasted" cost.
+
+    ``prices``: USD per GPU-hour by GPU model (the NVML device name, e.g. ``"NVIDIA H100
+    80GB HBM3"``) or glob, ``"*"`` for every other model, as JSON in ``MFU_LEDGER_PRICES``.
+    ``prices_file``: a YAML or TOML file (by suffix: ``.toml``, else YAML) holding the
+    same mapping, or a ``usd_per_gpu_hour`` mapping with an optional ``default`` (the
+    policies' ``prices`` block, so a rules file prices the ledger like the cost rule),
+    at the top level or under ``prices``. Entries in ``prices`` override the file's.
+    A model no entry matches is unpriced: never costed at zero.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MFU_LEDGER_", extra="ignore", frozen=True)
+
+    prices: dict[str, float] = Field(default_factory=dict)
+    prices_file: Path | None = None
+    reference_mfu: float = Field(0.4, gt=0, le=1, description="MFU counted as fully useful")
+
+    @model_validator(mode="after")
+    def _merge_file(self) -> LedgerSettings:
+        merged = dict(_read_prices_file(self.prices_file)) if self.prices_file else {}
+        merged.update(self.prices)
+        bad = {k: v for k, v in merged.items() if not v > 0}
+        if bad:
+            raise ValueError(f"prices must be positive USD per GPU-hour, got {bad}")
+        object.__setattr__(self, "prices", merged)
+        return self
+
+
+def _read_prices_file(path: Path) -> dict[str, float]:
+    """USD per GPU-hour by model from a YAML/TOML prices file (formats: LedgerSettings)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read prices file {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data: Any = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        raise ValueError(f"prices file {path} does not parse: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("prices"), dict):
+        data = data["prices"]
+    if isinstance(data, dict) and "usd_per_gpu_hour" in data:
+        table = dict(data.get("usd_per_gpu_hour") or {})
+        if data.get("default") is not None:
+            table.setdefault("*", data["default"])
+        data = table
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        for k, v in data.items()
+    ):
+        raise ValueError(
+            f"prices file {path} must map GPU model (or glob, '*' for the rest) to USD per "
+            "GPU-hour, e.g. {\"NVIDIA H100 80GB HBM3\": 2.49, \"*\": 2.0}"
+        )
+    return {k: float(v) for k, v in data.items()}

@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "bench": "mfucli.bench",
     "demo": "mfucli.demo",
     "contracts": "mfucli.contracts",
+    "ledger": "mfucli.ledger",
 }
 
 
