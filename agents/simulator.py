@@ -605,6 +605,13 @@ class FleetSimulator:
             if node is not None:
                 free.remove(node)
                 split_node(node, [("dark-train", "silent_train")])
+        # A large fleet: one more whole node of silent training where counters exist,
+        # so that the counter estimate carries a visible share of the fleet.
+        if len(free) >= 4:
+            node = next((n for n in free if gpm(n)), None)
+            if node is not None:
+                free.remove(node)
+                split_node(node, [("dark-train", "silent_train")])
         # Per-GPU mix on the rest, in groups that stay within a node; one 8-GPU node
         # holds one of each. dp-narrow (same archetype as dp-wide, one node) comes once.
         mix: list[tuple[str | None, str | None, int]] = [

@@ -235,3 +235,14 @@ def test_simulator_truth_covers_the_closed_windows() -> None:
     assert [r["window_start"] for r in fleet] == [WS + 10, WS + 20]
     assert all(r["gpu_seconds"] == pytest.approx(10.0 * r["gpus"]) for r in fleet)
     assert {r["scope"] for r in rows} == {"fleet", "workload"}
+
+
+def test_live_view_shows_coverage_and_estimate() -> None:
+    from mfucli.demo import render_view
+
+    c, _ = demo_collected()
+    view = render_view(c, 35.0, 40.0)
+    assert "coverage  50.0%   MFU measured  15.0%   MFU estimated  28.0%" in view
+    # the last window's workloads, lowest MFU first; the silent job has no MFU to rank
+    assert view.index("decode-0") < view.index("infer-0") < view.index("moe-train-0")
+    assert "dark-train-0" not in view.split("WORST NODES")[0]
