@@ -165,7 +165,7 @@ ARCHETYPES: dict[str, Archetype] = {a.name: a for a in (
               overhead=1.20, tenants=("quiet-corp",)),
     Archetype("overcount_train", (0.25, 0.35), (0.93, 0.99), (0.35, 0.50), (0.80, 0.90),
               (0.75, 0.90), params=13e9,
-              hint="buggy reporter: counts gradient-accumulation FLOPs twice (reports 2x)",
+              hint="buggy reporter: MoE FLOPs counted on total, not active, parameters (2x)",
               overhead=1.10, clock_drop=0.05, report_factor=2.0, tenants=("moe-labs",)),
 )}
 # comm_bound_dp: MFU = base / (1 + COMM_PENALTY * (nodes - 1))
@@ -947,4 +947,4 @@ class FleetSimulator:
 _MODEL_NAMES = {"llm_train": "llama-3-70b", "comm_bound_dp": "llama-2-7b",
                 "input_stall": "llama-2-13b", "underbatched_inference": "llama-3-8b",
                 "mig_inference": "tinyllama-1.1b", "fp32_train": "gpt2-xl",
-                "decode": "llama-3-8b", "overcount_train": "llama-2-13b"}
+                "decode": "llama-3-8b", "overcount_train": "moe-26b-a13b"}
