@@ -403,6 +403,7 @@ def summarize(collected: Any, truth: list[dict[str, Any]] | None = None,
         "uninstrumented": sorted(uninstrumented),
         "uninstrumented_flagged": sorted((named(busy_events) | named(idle_events))
                                          & uninstrumented),
+        "memory_bound_flagged": sorted(named(busy_events) & set(memory_bound)),
         "reporter_mismatch": mismatch_summary(
             collected.policy, firsts, window_s, {r["workload"]: r["over_report"] for r in rows}),
     }
@@ -594,6 +595,8 @@ def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: floa
         "Memory-bound (judged on MBU, not MFU): " + (", ".join(
             f"{r['workload']} ({r['label']})" for r in s["workloads"]
             if r["workload"] in s["memory_bound"]) or "none"),
+        "  of these flagged inefficient by the rules stage: "
+        + (", ".join(s["memory_bound_flagged"]) or "none"),
         f"Un-instrumented workloads (no report on any GPU-second): {len(s['uninstrumented'])}; "
         "flagged inefficient, underutilized or idle: "
         + (", ".join(s["uninstrumented_flagged"]) or "none"),
@@ -602,6 +605,9 @@ def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: floa
         "Reporter mismatch (io.mfu.reporter_mismatch.v1): "
         + ("none" if not s["reporter_mismatch"] else ""),
     ]
+    honest = [m["workload"] for m in s["reporter_mismatch"] if m["verdict"].startswith("false")]
+    if s["reporter_mismatch"]:
+        lines.append("  honest reporters flagged: " + (", ".join(honest) or "none"))
     for m in s["reporter_mismatch"]:
         ratio = m.get("over_report")
         lines.append(f"  {m['workload']}: {m['events']} event(s), first after "

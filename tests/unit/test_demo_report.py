@@ -144,6 +144,7 @@ def test_summary_names_memory_bound_silent_and_mismatch() -> None:
     assert s["busy_but_inefficient"] == ["infer-0"]  # decode is memory-bound, not here
     assert s["memory_bound"] == ["decode-0"]
     assert s["uninstrumented"] == ["dark-train-0"] and s["uninstrumented_flagged"] == []
+    assert s["memory_bound_flagged"] == []
     (m,) = s["reporter_mismatch"]
     # first event ends at WS + 30, the job's first window starts at WS: 3 windows
     assert m["workload"] == "moe-train-0" and m["events"] == 2 and m["windows_to_detect"] == 3
@@ -220,6 +221,7 @@ def test_write_report_files_and_summary(tmp_path: Path, monkeypatch: pytest.Monk
                    "over-reported FLOPs (a reporter counting twice)          +3.3 pts",
                    "decode-0 (memory-bound, MBU 70%)",
                    "moe-train-0: 2 event(s), first after 3 window(s); truth: reports 2.00x",
+                   "  honest reporters flagged: none",
                    "Ledger by tenant (from demo records (mfu.ledger not installed))"):
         assert needle in text, needle
     assert (tmp_path / "mfu-demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -246,3 +248,23 @@ def test_live_view_shows_coverage_and_estimate() -> None:
     # the last window's workloads, lowest MFU first; the silent job has no MFU to rank
     assert view.index("decode-0") < view.index("infer-0") < view.index("moe-train-0")
     assert "dark-train-0" not in view.split("WORST NODES")[0]
+
+
+def test_flags_on_unknown_or_memory_bound_work_are_named() -> None:
+    """The report calls out what the rules must not do: flag a silent job, or flag decode
+    as inefficient, or flag an honest reporter for a mismatch."""
+    c, truth = demo_collected()
+    c.policy += [
+        {"type": "io.mfu.idle.v1", "subject": "workload/dark-train-0", "data": {}},
+        {"type": "io.mfu.inefficient.v1", "subject": "workload/decode-0", "data": {}},
+        {"type": "io.mfu.reporter_mismatch.v1", "subject": "workload/decode-0",
+         "data": {"windows": {"start": WS, "end": WS + 10}}},
+    ]
+    s = summarize(c, truth, window_s=10.0)
+    assert s["uninstrumented_flagged"] == ["dark-train-0"]
+    assert s["memory_bound_flagged"] == ["decode-0"]
+    verdicts = {m["workload"]: (m["verdict"], m["windows_to_detect"])
+                for m in s["reporter_mismatch"]}
+    # decode reports 3 for a true 3: honest; its first event ends one window in
+    assert verdicts == {"decode-0": ("false positive (honest reporter)", 1),
+                        "moe-train-0": ("true positive", 3)}
