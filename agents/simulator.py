@@ -1,4 +1,4 @@
-"""Fleet simulator: N nodes x G GPUs running workload archetypes, with known MFU.
+"""Fleet simulator: N nodes x G GPUs running workload archetypes, with ground truth.
 
 It emits the same events as real agents (``gpu_sample/1`` per GPU or MIG slice,
 ``flop_report/1`` per rank, per interval) and publishes them through the same
@@ -7,13 +7,15 @@ key = node, same spool). Everything is a pure function of ``(seed, device, tick)
 run is deterministic and :meth:`FleetSimulator.ground_truth` can give the exact answer
 for any window without replaying the run.
 
-FLOPs = catalog peak (``mfu.peaks``, dense, at the workload's precision, MIG slices
-scaled by SM fraction) x target MFU x noise x interval. Archetypes
-(:data:`ARCHETYPES`) behave like the seed's failure modes: well-tuned LLM training,
-under-batched inference (busy SMs, low MFU, low tensor activity, memory headroom),
-communication-bound data parallel (MFU falls with the number of nodes spanned), input
-stalls (periodic drops), allocated-but-idle GPUs (listed workload, no FLOP reports),
-MIG inference slices, fp32 training on tensor-core GPUs, memory-bound decode; plus a
+True model FLOPs = catalog peak (``mfu.peaks``, dense, at the workload's precision, MIG
+slices scaled by SM fraction) x true MFU x noise x interval. What a tenant *reports* is
+another matter (DESIGN.md §8): some tenants have no SDK (counters only, or nothing on
+GPUs without pipe counters), inference servers report through engine counters (with
+model bytes), one reporter double counts. The hardware counters follow physics, not any
+estimator: pipe activity = what the pipe did (model FLOPs x the archetype's overhead:
+recomputation, non-model work) / what it can do at the current SM clock; DRAM activity =
+bytes/s / peak bandwidth; energy = power x interval (NVML's counter). Archetypes
+(:data:`ARCHETYPES`, table in docs/sim.md) include the seed's failure modes plus a
 drift: one workload's MFU drops by ``drift_fraction`` from ``drift_at_s`` on.
 
 Clocks: :meth:`run` paces ticks on the wall clock (``realtime=True``) or emits
@@ -21,9 +23,10 @@ Clocks: :meth:`run` paces ticks on the wall clock (``realtime=True``) or emits
 
 Ground-truth conventions (what later stages should reproduce): a device is a GPU or a
 MIG slice (each counts as one in ``gpus``); a device's peak is at the precision of the
-reports on it, ``bf16`` where none (idle, unallocated); workload MFU counts every device
-attributed to it, reporting or not; node and fleet MFU count every device; reports that
-cross a window boundary are split pro rata.
+reports on it, ``bf16`` where none (idle, unallocated, silent); each device-second gets
+the contract's FLOP source; ``Truth.mfu`` is reported FLOPs over known GPU-seconds (the
+pipeline's ``mfu``), ``Truth.true_mfu`` true model FLOPs over every GPU-second; totals
+that cross a window boundary are split pro rata.
 """
 
 from __future__ import annotations
@@ -85,7 +88,20 @@ def hardware(gpu_name: str) -> Hardware:
 @dataclass(frozen=True)
 class Archetype:
     """How one kind of workload looks. Ranges are (low, high) ratios 0..1; ``mfu`` is the
-    target MFU against the peak at ``precision`` (for ``comm_bound_dp``: on one node)."""
+    true model-FLOP MFU against the dense peak at ``precision`` (for ``comm_bound_dp``: on
+    one node).
+
+    Physics (what the hardware counters see, independent of any estimator):
+    ``overhead`` = hardware FLOPs / model FLOPs (activation recomputation, non-model work:
+    1.0-1.3); ``tensor_share`` = share of the hardware FLOPs on the tensor pipe (the rest
+    runs on the FP16/FP32 vector pipes); ``mbu`` = true model bytes/s / peak memory
+    bandwidth (DRAM traffic is ``DRAM_OVERHEAD`` x that); ``clock_drop`` = how far the SM
+    clock may sag below max under load (power capping).
+
+    Reporting: ``reports`` (False: no SDK, the tenant publishes nothing), ``source``
+    (``sdk`` or ``engine``: an inference server's own counters), ``report_bytes`` (reports
+    carry model bytes), ``report_factor`` (reported / true model FLOPs: 2.0 is a buggy
+    reporter). ``tenants``: owners of this archetype's jobs, round robin."""
 
     name: str
     mfu: tuple[float, float]
@@ -93,36 +109,64 @@ class Archetype:
     mem_util: tuple[float, float]
     mem_used: tuple[float, float]
     power: tuple[float, float]
-    tensor_per_mfu: float  # tensor_active ~ MFU x this (Hopper+ only)
     precision: str = "bf16"
     phase: str | None = "train"
     reports: bool = True
     params: float = 7e9  # active parameters, for tokens = flops / (k * N)
     hint: str = ""
+    overhead: float = 1.05
+    tensor_share: float = 0.98
+    mbu: tuple[float, float] = (0.15, 0.30)
+    clock_drop: float = 0.0
+    source: str = "sdk"
+    report_bytes: bool = False
+    report_factor: float = 1.0
+    tenants: tuple[str, ...] = ("default",)
 
 
 ARCHETYPES: dict[str, Archetype] = {a.name: a for a in (
     Archetype("llm_train", (0.40, 0.55), (0.93, 0.99), (0.35, 0.50), (0.85, 0.95),
-              (0.80, 0.95), 1.25, params=70e9, hint="well-tuned LLM pre-training"),
+              (0.80, 0.95), params=70e9, hint="well-tuned LLM pre-training",
+              overhead=1.15, clock_drop=0.07, tenants=("frontier-lab",)),
     Archetype("underbatched_inference", (0.05, 0.10), (0.85, 0.95), (0.20, 0.35),
-              (0.25, 0.45), (0.45, 0.60), 1.5, phase="prefill", params=8e9,
-              hint="under-batching: SMs busy, tensor cores idle, memory headroom"),
+              (0.25, 0.45), (0.45, 0.60), phase="prefill", params=8e9,
+              hint="under-batched prefill (engine counters): SMs busy, tensor cores idle",
+              overhead=1.05, mbu=(0.03, 0.06), source="engine", report_bytes=True,
+              tenants=("serve-co",)),
     Archetype("comm_bound_dp", (0.40, 0.50), (0.80, 0.92), (0.30, 0.45), (0.70, 0.85),
-              (0.55, 0.75), 1.25, params=7e9,
-              hint="communication-bound: MFU falls as the job spans more nodes"),
+              (0.55, 0.75), params=7e9,
+              hint="communication-bound: MFU falls as the job spans more nodes",
+              tenants=("frontier-lab",)),
     Archetype("input_stall", (0.35, 0.50), (0.90, 0.97), (0.30, 0.45), (0.60, 0.80),
-              (0.70, 0.85), 1.25, params=13e9,
-              hint="input pipeline stalls: periodic MFU drops"),
-    Archetype("idle", (0.0, 0.0), (0.0, 0.02), (0.0, 0.01), (0.10, 0.50), (0.10, 0.15), 0.0,
-              reports=False, hint="allocated but idle: no FLOPs"),
+              (0.70, 0.85), params=13e9, hint="input pipeline stalls: periodic MFU drops",
+              tenants=("vision-co",)),
+    Archetype("idle", (0.0, 0.0), (0.0, 0.02), (0.0, 0.01), (0.10, 0.50), (0.10, 0.15),
+              reports=False, hint="allocated but idle: no FLOPs", mbu=(0.0, 0.0),
+              tenants=("quiet-corp",)),
     Archetype("mig_inference", (0.15, 0.30), (0.60, 0.85), (0.20, 0.40), (0.40, 0.70),
-              (0.40, 0.60), 1.4, phase="prefill", params=1e9, hint="small model on a MIG slice"),
+              (0.40, 0.60), phase="prefill", params=1e9, hint="small model on a MIG slice",
+              overhead=1.05, mbu=(0.10, 0.20), tenants=("edge-apps",)),
     Archetype("fp32_train", (0.45, 0.60), (0.95, 0.99), (0.40, 0.55), (0.80, 0.90),
-              (0.70, 0.85), 0.0, precision="fp32", params=1.3e9,
-              hint="fp32 on a tensor-core GPU: use bf16/tf32"),
+              (0.70, 0.85), precision="fp32", params=1.3e9,
+              hint="fp32 on a tensor-core GPU: use bf16/tf32", tensor_share=0.0,
+              mbu=(0.20, 0.30), tenants=("vision-co",)),
     Archetype("decode", (0.01, 0.05), (0.55, 0.75), (0.75, 0.92), (0.85, 0.95), (0.55, 0.70),
-              1.5, phase="decode", params=70e9,
-              hint="memory-bound decode: low MFU is expected; watch memory bandwidth"),
+              phase="decode", params=8e9,
+              hint="memory-bound decode (engine counters): low MFU is expected; MBU is high",
+              overhead=1.10, mbu=(0.60, 0.80), source="engine", report_bytes=True,
+              tenants=("serve-co",)),
+    Archetype("silent_train", (0.35, 0.50), (0.93, 0.99), (0.35, 0.50), (0.85, 0.95),
+              (0.80, 0.95), reports=False, params=30e9,
+              hint="training without the SDK: counters only (full activation recomputation)",
+              overhead=1.30, clock_drop=0.07, tenants=("dark-matter",)),
+    Archetype("silent_finetune", (0.28, 0.40), (0.88, 0.96), (0.30, 0.45), (0.50, 0.75),
+              (0.65, 0.80), reports=False, params=8e9,
+              hint="fine-tuning without the SDK: counters only (LoRA, non-model work)",
+              overhead=1.20, tenants=("quiet-corp",)),
+    Archetype("overcount_train", (0.25, 0.35), (0.93, 0.99), (0.35, 0.50), (0.80, 0.90),
+              (0.75, 0.90), params=13e9,
+              hint="buggy reporter: MoE FLOPs counted on total, not active, parameters (2x)",
+              overhead=1.10, clock_drop=0.05, report_factor=2.0, tenants=("moe-labs",)),
 )}
 # comm_bound_dp: MFU = base / (1 + COMM_PENALTY * (nodes - 1))
 COMM_PENALTY = 0.45
@@ -131,6 +175,14 @@ STALL_PERIOD_S = 60.0
 STALL_S = 15.0
 STALL_FACTOR = 0.05
 NOISE = 0.03  # relative standard deviation of per-interval MFU
+COUNTER_NOISE = 0.03  # relative noise of pipe-activity counters around their physics
+DRAM_OVERHEAD = 1.10  # DRAM bytes / model bytes (activations, spills, non-model traffic)
+# Of the non-tensor hardware FLOPs of a tensor-precision job, this share runs on the
+# FP16 vector pipe, the rest on FP32 (softmax, norms, optimizer in fp32).
+VECTOR_FP16_SHARE = 0.5
+# The contract's idle test (a GPU-second with no report is a known zero below these).
+IDLE_SM_UTIL = 0.05
+IDLE_TENSOR_ACTIVE = 0.01
 
 
 # --------------------------------------------------------------------------- randomness
@@ -185,6 +237,7 @@ class SimWorkload:
     nodes: list[str] = field(default_factory=list)
     model: str = ""
     parallelism: Parallelism | None = None
+    tenant: str = "default"
 
     @property
     def precision(self) -> str:
@@ -213,7 +266,12 @@ class SimDevice:
     workload: SimWorkload | None = None
     rank: int = 0
     key: int = 0
+    # MIG: this slice's SMs / the whole GPU's, and its share of the parent GPU's energy
+    # (its SMs / the SMs of all slices on that GPU); 1.0 for a whole GPU.
+    sm_fraction: float = 1.0
+    energy_share: float = 1.0
     peak_cache: dict[str, float] = field(default_factory=dict)
+    _peak_bytes: float | None = None
 
     def peak(self, precision: str) -> float:
         """Dense peak FLOP/s of this device at ``precision``."""
@@ -223,6 +281,12 @@ class SimDevice:
                 self.gpu_name, precision, mig_profile=self.mig_profile)  # type: ignore[arg-type]
         return value
 
+    def peak_bytes_per_s(self) -> float:
+        """Peak memory bandwidth of this device (bytes/s; MIG slices by memory slices)."""
+        if self._peak_bytes is None:
+            self._peak_bytes = peaks.peak_bytes_per_s(self.gpu_name, mig_profile=self.mig_profile)
+        return self._peak_bytes
+
     @property
     def precision(self) -> str:
         w = self.workload
@@ -231,10 +295,15 @@ class SimDevice:
 
 @dataclass(frozen=True)
 class DeviceState:
-    """A device over one interval: what the telemetry and the FLOP report carry."""
+    """A device over one interval: what the telemetry and the FLOP report carry, and the
+    truth behind them.
 
-    mfu: float
-    flops: float  # model FLOPs in the interval (0 without a report)
+    ``flops``/``bytes`` are what the report says (0 / None without one; a buggy reporter's
+    ``flops`` are ``report_factor`` x the truth); ``model_flops``/``model_bytes`` are the
+    true model FLOPs and bytes of the interval, ``hardware_flops`` what the pipes did."""
+
+    mfu: float  # true model-FLOP MFU of the interval
+    flops: float
     sm_util: float
     mem_util: float
     tensor_active: float | None
@@ -242,15 +311,34 @@ class DeviceState:
     sm_clock_mhz: float
     power_w: float | None
     throttle_reasons: int
+    model_flops: float = 0.0
+    hardware_flops: float = 0.0
+    model_bytes: float = 0.0
+    bytes: float | None = None
+    energy_j: float = 0.0
+    dram_active: float | None = None
+    fp16_active: float | None = None
+    fp32_active: float | None = None
+    fp64_active: float | None = None
+    source: str = "none"  # FLOP source by the contract: reported/engine/idle/counters/none
+
+
+SOURCES = ("reported", "engine", "idle", "counters", "none")
 
 
 @dataclass(frozen=True)
 class Truth:
-    """Exact MFU of one scope/key over ``[window_start, window_end)``.
+    """Exact numbers of one scope/key over ``[window_start, window_end)``.
 
-    ``achieved_flops``/``peak_flops`` are totals (FLOPs) over the window; ``gpus`` counts
-    devices (MIG slices count one each); ``gpu_seconds`` sums their time in the window.
-    Allocation fields count devices with a workload."""
+    ``achieved_flops`` = model FLOPs the reports carry (what the pipeline sees; a buggy
+    reporter's are inflated); ``true_flops`` = the model FLOPs actually done (reporting
+    or not); ``hardware_flops`` = what the pipes did (recomputation, non-model work).
+    ``peak_flops`` and ``gpu_seconds`` cover every device (MIG slices count one each);
+    ``by_source`` splits ``seconds``/``peak_flops``/``achieved_flops``/``true_flops``/
+    ``hardware_flops``/``true_bytes`` by the device-second's FLOP source (contract §8).
+    Allocation fields count devices with a workload. Bytes are model bytes; ``peak_bytes``
+    = peak bandwidth x seconds over every device, ``reported_peak_bytes`` over the
+    device-seconds whose reports carry bytes."""
 
     scope: str
     key: str
@@ -265,10 +353,58 @@ class Truth:
     allocated_gpu_seconds: float
     archetype: str | None = None
     precision: str | None = None
+    tenant: str | None = None
+    true_flops: float = 0.0
+    hardware_flops: float = 0.0
+    true_bytes: float = 0.0
+    reported_bytes: float = 0.0
+    peak_bytes: float = 0.0
+    reported_peak_bytes: float = 0.0
+    energy_j: float = 0.0
+    by_source: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def _src(self, *names: str, what: str = "seconds") -> float:
+        return sum(self.by_source.get(n, {}).get(what, 0.0) for n in names)
+
+    @property
+    def flop_sources(self) -> dict[str, float]:
+        """GPU-seconds per FLOP source (contract ``flop_sources``)."""
+        return {n: self._src(n) for n in SOURCES}
+
+    @property
+    def coverage(self) -> float | None:
+        s = self.gpu_seconds
+        return self._src("reported", "engine", "idle") / s if s > 0 else None
 
     @property
     def mfu(self) -> float | None:
-        return self.achieved_flops / self.peak_flops if self.peak_flops > 0 else None
+        """What the pipeline's ``mfu`` should be: reported FLOPs / peak over the
+        GPU-seconds with known model FLOPs (reported, engine, idle); None without any."""
+        p = self._src("reported", "engine", "idle", what="peak_flops")
+        return self.achieved_flops / p if p > 0 else None
+
+    @property
+    def true_mfu(self) -> float | None:
+        """True model FLOPs / peak over every GPU-second (what nobody can measure)."""
+        return self.true_flops / self.peak_flops if self.peak_flops > 0 else None
+
+    @property
+    def true_mfu_estimable(self) -> float | None:
+        """True model FLOPs / peak over the GPU-seconds ``mfu_estimated`` covers (known
+        + counters): the target an exact estimator would hit."""
+        names = ("reported", "engine", "idle", "counters")
+        p = self._src(*names, what="peak_flops")
+        return self._src(*names, what="true_flops") / p if p > 0 else None
+
+    @property
+    def hardware_mfu_estimable(self) -> float | None:
+        """Known reported FLOPs + the *hardware* FLOPs of ``counters`` GPU-seconds over
+        the same peak: what a counter estimate exact on pipe activity gives (it cannot
+        tell recomputation and non-model work from model FLOPs)."""
+        names = ("reported", "engine", "idle", "counters")
+        p = self._src(*names, what="peak_flops")
+        f = self.achieved_flops + self._src("counters", what="hardware_flops")
+        return f / p if p > 0 else None
 
     @property
     def mfu_allocated(self) -> float | None:
@@ -280,9 +416,26 @@ class Truth:
         s = self.gpu_seconds
         return self.allocated_gpu_seconds / s if s > 0 else None
 
+    @property
+    def mbu(self) -> float | None:
+        """Reported model bytes / peak bytes of the reporting device-seconds (contract)."""
+        p = self.reported_peak_bytes
+        return self.reported_bytes / p if p > 0 else None
+
+    @property
+    def true_mbu(self) -> float | None:
+        return self.true_bytes / self.peak_bytes if self.peak_bytes > 0 else None
+
+    @property
+    def true_flops_per_j(self) -> float | None:
+        return self.true_flops / self.energy_j if self.energy_j > 0 else None
+
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        out.update(mfu=self.mfu, mfu_allocated=self.mfu_allocated, allocation=self.allocation)
+        for name in ("mfu", "true_mfu", "true_mfu_estimable", "hardware_mfu_estimable",
+                     "mfu_allocated", "allocation", "coverage", "flop_sources", "mbu",
+                     "true_mbu", "true_flops_per_j"):
+            out[name] = getattr(self, name)
         return out
 
 
@@ -372,6 +525,8 @@ class FleetSimulator:
         lo, hi = arch.mfu
         base = _between((lo + (hi - lo) * 0.15, hi - (hi - lo) * 0.15), u)
         w = SimWorkload(name, arch, base, model=_MODEL_NAMES.get(archetype, ""))
+        same = sum(1 for x in self.workloads.values() if x.archetype.name == archetype)
+        w.tenant = arch.tenants[same % len(arch.tenants)]
         self.workloads[name] = w
         return w
 
@@ -408,6 +563,24 @@ class FleetSimulator:
                     self._assign(dev, w)
             w.parallelism = Parallelism(tp=g, dp=len(w.nodes))
 
+        def split_node(node: str, jobs: list[tuple[str, str]]) -> None:
+            """Jobs side by side on one node, in equal blocks of GPUs (the last takes the
+            rest); a job with no GPU left is skipped."""
+            size = max(1, g // len(jobs))
+            for n, (prefix, archetype) in enumerate(jobs):
+                lo, hi = n * size, (g if n == len(jobs) - 1 else (n + 1) * size)
+                if lo >= g:
+                    break
+                w = self._new_workload(prefix, archetype)
+                for i in range(lo, hi):
+                    dev = self._gpu(node, i, model_of[node])
+                    self.devices.append(dev)
+                    self._assign(dev, w)
+                w.parallelism = Parallelism(tp=hi - lo)
+
+        def gpm(node: str) -> bool:
+            return self._hw[model_of[node]].gpm
+
         # Whole-node jobs first; at least one node stays for the per-GPU mix.
         if n_nodes >= 2:
             whole_node_job("llm-train", "llm_train", max(1, n_nodes // 4))
@@ -420,12 +593,31 @@ class FleetSimulator:
             if mig_node is not None:
                 free.remove(mig_node)
                 self._mig_node(mig_node, model_of[mig_node], g)
+        # The buggy reporter next to a tenant without the SDK, on a node with pipe
+        # counters where there is one (that is where the pipeline can catch both); then
+        # a silent job on a node without counters (its GPU-seconds stay unknown).
+        if len(free) >= 2:
+            node = next((n for n in free if gpm(n)), free[0])
+            free.remove(node)
+            split_node(node, [("moe-train", "overcount_train"), ("dark-train", "silent_train")])
+        if len(free) >= 2 and any(gpm(n) for n in self.node_names):
+            node = next((n for n in free if not gpm(n)), None)
+            if node is not None:
+                free.remove(node)
+                split_node(node, [("dark-train", "silent_train")])
+        # A large fleet: one more whole node of silent training where counters exist,
+        # so that the counter estimate carries a visible share of the fleet.
+        if len(free) >= 4:
+            node = next((n for n in free if gpm(n)), None)
+            if node is not None:
+                free.remove(node)
+                split_node(node, [("dark-train", "silent_train")])
         # Per-GPU mix on the rest, in groups that stay within a node; one 8-GPU node
         # holds one of each. dp-narrow (same archetype as dp-wide, one node) comes once.
         mix: list[tuple[str | None, str | None, int]] = [
             ("dp-narrow", "comm_bound_dp", 2), ("infer", "underbatched_inference", 1),
             ("stall", "input_stall", 1), ("idle", "idle", 1), ("fp32", "fp32_train", 1),
-            ("decode", "decode", 1), (None, None, 1)]
+            ("decode", "decode", 1), ("finetune", "silent_finetune", 1), (None, None, 1)]
         if n_nodes == 1:  # a lone node still gets a training job
             mix.insert(0, ("llm-train", "llm_train", max(1, g // 2)))
         k = 0
@@ -451,13 +643,17 @@ class FleetSimulator:
         big = next(p for p in names if p.startswith("3g."))
         small = min((p for p in names if p.startswith("1g.")),
                     key=lambda p: int(_GB.search(p).group(1)))  # type: ignore[union-attr]
+        layout = (big, small, small, small)
+        fractions = [peaks.mig_sm_fraction(model, p) for p in layout]
         for i in range(g):
             parent = self._gpu(node, i, model)
-            for slot, profile in enumerate((big, small, small, small)):
+            for slot, profile in enumerate(layout):
                 key = _stable(f"{node}/{i}/mig{slot}", self.seed)
                 gb = int(_GB.search(profile).group(1))  # type: ignore[union-attr]
                 dev = SimDevice(node, i, _uuid("MIG", key), model, parent.hw, mig_profile=profile,
-                                mig_slot=slot, memory_bytes=int(gb * 0.98 * (1 << 30)), key=key)
+                                mig_slot=slot, memory_bytes=int(gb * 0.98 * (1 << 30)), key=key,
+                                sm_fraction=fractions[slot],
+                                energy_share=fractions[slot] / sum(fractions))
                 self.devices.append(dev)
                 # the last 1g slice of each GPU stays unallocated
                 self._assign(dev, self._new_workload("mig-infer", "mig_inference")
@@ -481,40 +677,98 @@ class FleetSimulator:
         return m
 
     def state(self, dev: SimDevice, tick: int) -> DeviceState:
-        """Exactly what ``dev`` shows and reports in tick ``tick``."""
+        """Exactly what ``dev`` shows and reports in tick ``tick``, and the truth."""
         w = dev.workload
         arch = w.archetype if w is not None else ARCHETYPES["idle"]
         key = dev.key
-        start = self.start_ts + tick * self.interval_s
+        dt = self.interval_s
+        start = self.start_ts + tick * dt
         target = self.mfu_target(w, start) if w is not None else 0.0
         mfu = min(max(target * (1.0 + NOISE * _normal(key, tick, 1)), 0.0), 0.95)
         reports = w is not None and arch.reports
-        flops = dev.peak(arch.precision) * mfu * self.interval_s if reports else 0.0
+        model_flops = dev.peak(arch.precision) * mfu * dt if w is not None else 0.0
+        flops = model_flops * arch.report_factor if reports else 0.0
+        hardware_flops = model_flops * arch.overhead
         busy = 1.0 if target == 0 or not reports else min(mfu / max(w.target_mfu, 1e-9), 1.0)  # type: ignore[union-attr]
         u = _uniform(key, tick, 10)
         sm = _between(arch.sm_util, u) * (0.1 + 0.9 * busy) if w is not None else 0.0
         mem_util = _between(arch.mem_util, _uniform(key, tick, 11)) * busy if w is not None else 0.0
-        tensor = None
-        if dev.hw.gpm:
-            tensor = min(mfu * arch.tensor_per_mfu * (1.0 + 0.05 * _normal(key, tick, 12)), 1.0)
-            tensor = max(tensor, 0.0)
         mem_frac = _between(arch.mem_used, _uniform(key, 0, 13)) if w is not None else 0.0
         hw = dev.hw
         idle = sm < 0.05
-        power = None
+        frac = _between(arch.power, _uniform(key, tick, 14)) if w is not None and not idle else 0.0
+        activity = frac * (0.3 + 0.7 * busy)
+        # Whole GPU: board power. A MIG slice has no power reading of its own (NVML); its
+        # energy is its share of the parent GPU's (idle power by SM share, dynamic power
+        # by its SMs' activity), so the slices of one GPU add up to the GPU's energy.
         if dev.mig_slot is None:
-            frac = _between(arch.power, _uniform(key, tick, 14)) if w is not None and not idle else 0.0
-            power = hw.idle_w + (hw.tdp_w - hw.idle_w) * frac * (0.3 + 0.7 * busy)
+            power: float | None = hw.idle_w + (hw.tdp_w - hw.idle_w) * activity
+            energy_j = power * dt  # type: ignore[operator]
+        else:
+            power = None
+            energy_j = (hw.idle_w * dev.energy_share
+                        + (hw.tdp_w - hw.idle_w) * dev.sm_fraction * activity) * dt
+        # Under load the SM clock sags below max (power capping), more with more power.
+        clock = hw.max_sm_clock_mhz
+        if idle:
+            clock = 345.0
+        elif arch.clock_drop:
+            clock *= 1.0 - arch.clock_drop * _uniform(key, tick, 15)
+        model_bytes = dev.peak_bytes_per_s() * _between(arch.mbu, _uniform(key, tick, 16)) * dt \
+            if w is not None else 0.0
+        tensor = fp16 = fp32 = fp64 = dram = None
+        if hw.gpm:
+            # Physics: pipe activity = FLOP/s the pipe did / what it can do at this clock
+            # (dense peak x sm_clock / max_clock); DRAM activity = bytes/s / peak bandwidth.
+            ratio = clock / hw.max_sm_clock_mhz
+            tensor_flops = hardware_flops * arch.tensor_share
+            vector_flops = hardware_flops - tensor_flops
+            tensor_peak = dev.peak(arch.precision) if arch.tensor_share > 0 else 1.0
+            fp16_flops = vector_flops * VECTOR_FP16_SHARE if arch.tensor_share > 0 else 0.0
+            fp32_flops = vector_flops - fp16_flops
+
+            def active(done: float, peak_flops_per_s: float, stream: int) -> float:
+                if done <= 0:
+                    return 0.0
+                x = done / (peak_flops_per_s * ratio * dt)
+                return min(max(x * (1.0 + COUNTER_NOISE * _normal(key, tick, stream)), 0.0), 1.0)
+
+            tensor = active(tensor_flops, tensor_peak, 20)
+            # vector (non-tensor) FP16 runs at twice the FP32 rate on Hopper
+            fp16 = active(fp16_flops, 2.0 * dev.peak("fp32"), 23)
+            fp32 = active(fp32_flops, dev.peak("fp32"), 26)
+            fp64 = 0.0
+            dram = min(max(model_bytes * DRAM_OVERHEAD / (dev.peak_bytes_per_s() * dt)
+                           * (1.0 + COUNTER_NOISE * _normal(key, tick, 29)), 0.0), 1.0)
+        sm_util = min(sm, 1.0)
+        if reports:
+            source = "engine" if arch.source == "engine" else "reported"
+        elif sm_util <= IDLE_SM_UTIL and (tensor is None or tensor <= IDLE_TENSOR_ACTIVE):
+            source = "idle"
+        elif tensor is not None:
+            source = "counters"
+        else:
+            source = "none"
         return DeviceState(
             mfu=mfu,
             flops=flops,
-            sm_util=min(sm, 1.0),
+            sm_util=sm_util,
             mem_util=min(mem_util, 1.0),
             tensor_active=tensor,
             mem_used_bytes=int(dev.memory_bytes * mem_frac) + (512 << 20),
-            sm_clock_mhz=345.0 if idle else hw.max_sm_clock_mhz,
+            sm_clock_mhz=clock,
             power_w=power,
             throttle_reasons=1 if idle else 0,  # nvmlClocksEventReasonGpuIdle
+            model_flops=model_flops,
+            hardware_flops=hardware_flops,
+            model_bytes=model_bytes,
+            bytes=model_bytes if reports and arch.report_bytes else None,
+            energy_j=energy_j,
+            dram_active=dram,
+            fp16_active=fp16,
+            fp32_active=fp32,
+            fp64_active=fp64,
+            source=source,
         )
 
     def events(self, tick: int) -> dict[str, tuple[list[GpuSample], list[FlopReport]]]:
@@ -538,16 +792,28 @@ class FleetSimulator:
                     sm_clock_mhz=st.sm_clock_mhz, max_sm_clock_mhz=dev.hw.max_sm_clock_mhz,
                     power_w=st.power_w, mem_used_bytes=st.mem_used_bytes,
                     mem_total_bytes=dev.memory_bytes, throttle_reasons=st.throttle_reasons,
-                    workloads=[w.name] if w is not None else []))
+                    workloads=[w.name] if w is not None else [],
+                    energy_j=st.energy_j, energy_source="counter", dram_active=st.dram_active,
+                    fp16_active=st.fp16_active, fp32_active=st.fp32_active,
+                    fp64_active=st.fp64_active,
+                    tenants={w.name: w.tenant} if w is not None else None))
                 if w is not None and w.archetype.reports:
                     arch = w.archetype
                     per_token = (6.0 if arch.phase == "train" else 2.0) * arch.params
+                    engine = arch.source == "engine"
+                    # tokens count what was really done: a double-counting reporter
+                    # inflates its FLOPs, not its token counter
                     reports.append(FlopReport.model_construct(
-                        event_id=f"{w.name}-r{dev.rank}-{ms}", workload=w.name, rank=dev.rank,
-                        node=node, gpu_uuid=dev.uuid, start=start, end=ts, flops=st.flops,
-                        precision=arch.precision, tokens=st.flops / per_token,
-                        expected_mfu=round(w.target_mfu, 4), model=w.model or None,
-                        phase=arch.phase, parallelism=w.parallelism))
+                        event_id=f"{w.name}-{'e' if engine else 'r'}{dev.rank}-{ms}",
+                        workload=w.name, rank=dev.rank, node=node, gpu_uuid=dev.uuid,
+                        start=start, end=ts, flops=st.flops, precision=arch.precision,
+                        tokens=st.model_flops / per_token,
+                        # an inference server knows neither an expected MFU nor a layout
+                        expected_mfu=None if engine else round(
+                            min(w.target_mfu * arch.report_factor, 1.0), 4),
+                        model=w.model or None, phase=arch.phase,
+                        parallelism=None if engine else w.parallelism,
+                        bytes=st.bytes, source=arch.source))
             out[node] = (samples, reports)
         return out
 
@@ -584,22 +850,45 @@ class FleetSimulator:
     # -- ground truth ------------------------------------------------------------------
     def ground_truth(self, window_start: float, window_end: float
                      ) -> dict[str, dict[str, Truth]]:
-        """Exact MFU per scope (``workload``, ``node``, ``fleet``) and key over
+        """Exact numbers per scope (``workload``, ``node``, ``fleet``) and key over
         ``[window_start, window_end)`` (epoch seconds), from the run's own numbers.
 
         Only ticks inside the simulated run (from ``start_ts``) count; call with a window
-        inside the run's duration."""
+        inside the run's duration. Interval totals (FLOPs, bytes, energy) that cross a
+        window edge split pro rata."""
         acc: dict[tuple[str, str], dict[str, Any]] = {}
+        zero = dict.fromkeys(("seconds", "peak_flops", "achieved_flops", "true_flops",
+                              "hardware_flops", "true_bytes"), 0.0)
 
-        def add(scope: str, key: str, dev: SimDevice, flops: float, peak: float,
-                seconds: float, allocated: bool) -> None:
-            a = acc.setdefault((scope, key), {"flops": 0.0, "peak": 0.0, "devices": set(),
-                                               "seconds": 0.0, "alloc": set(),
-                                               "alloc_peak": 0.0, "alloc_seconds": 0.0})
-            a["flops"] += flops
+        def add(scope: str, key: str, dev: SimDevice, st: DeviceState, fraction: float,
+                peak: float, seconds: float, allocated: bool) -> None:
+            a = acc.get((scope, key))
+            if a is None:
+                a = acc[(scope, key)] = {
+                    "flops": 0.0, "peak": 0.0, "devices": set(), "seconds": 0.0,
+                    "alloc": set(), "alloc_peak": 0.0, "alloc_seconds": 0.0, "true": 0.0,
+                    "hw": 0.0, "bytes": 0.0, "rbytes": 0.0, "pbytes": 0.0, "rpbytes": 0.0,
+                    "energy": 0.0, "src": {n: dict(zero) for n in SOURCES}}
+            a["flops"] += st.flops * fraction
             a["peak"] += peak
             a["seconds"] += seconds
             a["devices"].add(dev.uuid)
+            a["true"] += st.model_flops * fraction
+            a["hw"] += st.hardware_flops * fraction
+            a["bytes"] += st.model_bytes * fraction
+            pbytes = dev.peak_bytes_per_s() * seconds
+            a["pbytes"] += pbytes
+            if st.bytes is not None:
+                a["rbytes"] += st.bytes * fraction
+                a["rpbytes"] += pbytes
+            a["energy"] += st.energy_j * fraction
+            src = a["src"][st.source]
+            src["seconds"] += seconds
+            src["peak_flops"] += peak
+            src["achieved_flops"] += st.flops * fraction
+            src["true_flops"] += st.model_flops * fraction
+            src["hardware_flops"] += st.hardware_flops * fraction
+            src["true_bytes"] += st.model_bytes * fraction
             if allocated:
                 a["alloc"].add(dev.uuid)
                 a["alloc_peak"] += peak
@@ -613,23 +902,25 @@ class FleetSimulator:
             overlap = min(t0 + dt, window_end) - max(t0, window_start)
             if overlap <= 0:
                 continue
-            fraction = overlap / dt  # a report crossing the window edge splits pro rata
+            fraction = overlap / dt
             for dev in self.devices:
                 st = self.state(dev, tick)
-                flops = st.flops * fraction
                 peak = dev.peak(dev.precision) * overlap
                 w = dev.workload
                 if w is not None:
-                    add("workload", w.name, dev, flops, peak, overlap, True)
-                add("node", dev.node, dev, flops, peak, overlap, w is not None)
-                add("fleet", "default", dev, flops, peak, overlap, w is not None)
+                    add("workload", w.name, dev, st, fraction, peak, overlap, True)
+                add("node", dev.node, dev, st, fraction, peak, overlap, w is not None)
+                add("fleet", "default", dev, st, fraction, peak, overlap, w is not None)
         out: dict[str, dict[str, Truth]] = {"workload": {}, "node": {}, "fleet": {}}
         for (scope, key), a in acc.items():
             w = self.workloads.get(key) if scope == "workload" else None
             out[scope][key] = Truth(
                 scope, key, window_start, window_end, a["flops"], a["peak"], len(a["devices"]),
                 a["seconds"], len(a["alloc"]), a["alloc_peak"], a["alloc_seconds"],
-                archetype=w.archetype.name if w else None, precision=w.precision if w else None)
+                archetype=w.archetype.name if w else None, precision=w.precision if w else None,
+                tenant=w.tenant if w else None, true_flops=a["true"], hardware_flops=a["hw"],
+                true_bytes=a["bytes"], reported_bytes=a["rbytes"], peak_bytes=a["pbytes"],
+                reported_peak_bytes=a["rpbytes"], energy_j=a["energy"], by_source=a["src"])
         return out
 
     def truth_windows(self, duration_s: float, window_s: float = 10.0) -> Iterator[Truth]:
@@ -644,12 +935,16 @@ class FleetSimulator:
     def describe(self) -> list[dict[str, Any]]:
         """The workloads: archetype, devices, nodes, target MFU, hint."""
         return [{"workload": w.name, "archetype": w.archetype.name, "precision": w.precision,
-                 "gpus": len(w.devices), "nodes": list(w.nodes),
+                 "tenant": w.tenant, "gpus": len(w.devices), "nodes": list(w.nodes),
+                 "gpu_models": sorted({self.by_node[n][0].gpu_name for n in w.nodes}),
                  "target_mfu": round(w.target_mfu, 4), "mfu_range": list(w.archetype.mfu),
+                 "reports": (w.archetype.source if w.archetype.reports else "none"),
+                 "report_factor": w.archetype.report_factor,
+                 "overhead": w.archetype.overhead, "mbu_range": list(w.archetype.mbu),
                  "hint": w.archetype.hint} for w in self.workloads.values()]
 
 
 _MODEL_NAMES = {"llm_train": "llama-3-70b", "comm_bound_dp": "llama-2-7b",
                 "input_stall": "llama-2-13b", "underbatched_inference": "llama-3-8b",
                 "mig_inference": "tinyllama-1.1b", "fp32_train": "gpt2-xl",
-                "decode": "llama-3-70b"}
+                "decode": "llama-3-8b", "overcount_train": "moe-26b-a13b"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -35,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nodes", type=int, default=16)
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--gpu-models", default=None,
+                   help="comma-separated catalog names, one per node round robin "
+                   "(default: those of `mfu simulate`)")
     p.add_argument("--window-s", type=float, default=10.0, help="MFU window length")
     p.add_argument("--drift-at-s", type=float, default=None,
                    help="when the drifting job degrades (default: 40%% into the run)")
@@ -176,23 +180,47 @@ def render_view(c: Collected, elapsed_s: float, duration_s: float) -> str:
                      f"allocation {_fmt(f.get('allocation'))}   "
                      f"MFU of allocated GPUs {_fmt(f.get('mfu_allocated'))}   "
                      f"GPUs {f.get('gpus')}  SM busy {_fmt(f.get('sm_util'))}")
-        lines.append("       (tenant view: MFU of allocated; provider view: installed MFU)")
+        lines.append(f"       coverage {_fmt(f.get('coverage'))}   MFU measured {_fmt(f.get('mfu'))}"
+                     f"   MFU estimated {_fmt(f.get('mfu_estimated'))}   "
+                     f"MBU {_fmt(f.get('mbu'))}")
+        lines.append("       (tenant view: MFU of allocated; provider view: installed MFU; "
+                     "estimated adds counter estimates of GPUs that report nothing)")
     last_ws = max((r["window_start"] for r in c.records.values()), default=None)
     for scope, title in (("workload", "WORST WORKLOADS"), ("node", "WORST NODES")):
         rows = [r for r in c.by_scope(scope) if r["window_start"] == last_ws
                 and r.get("mfu") is not None]
         rows.sort(key=lambda r: r["mfu"])
         lines.append("")
-        lines.append(f"{title} (last window)          MFU   SM busy  tensor  GPUs")
+        lines.append(f"{title} (last window)          MFU   SM busy  tensor  GPUs  MBU  regime")
         for r in rows[:6]:
             lines.append(f"  {r['key'][:32]:<32} {_fmt(r.get('mfu'))}  {_fmt(r.get('sm_util'))}  "
-                         f"{_fmt(r.get('tensor_active'))}  {r.get('gpus')}")
+                         f"{_fmt(r.get('tensor_active'))}  {r.get('gpus')}  "
+                         f"{_fmt(r.get('mbu'))} {r.get('regime') or ''}")
     lines.append("")
     lines.append(f"POLICY EVENTS ({len(c.policy)} so far, newest last)")
     for e in c.policy[-8:]:
         summary = (e.get("data") or {}).get("summary", "")
         lines.append(f"  {e.get('type', '')[7:-3]:<16} {e.get('subject', '')[:34]:<34} {summary[:70]}")
     return "\n".join(lines)
+
+
+def simulator_truth(args: argparse.Namespace, models: list[str], start_ts: float,
+                    drift_at_s: float, window_starts: list[float]) -> list[dict[str, Any]]:
+    """The simulator's ground truth (``Truth.as_dict()``, workload and fleet scope) of
+    every window the pipeline closed: the same fleet, rebuilt from the same arguments."""
+    from agents.simulator import FleetSimulator
+
+    sim = FleetSimulator(args.nodes, args.gpus_per_node, models, seed=args.seed,
+                         start_ts=start_ts, drift_at_s=drift_at_s)
+    end = start_ts + args.duration_s
+    out: list[dict[str, Any]] = []
+    for ws in sorted(set(window_starts)):
+        if ws < start_ts or ws + args.window_s > end + 1e-9:
+            continue  # outside the run: the truth would be partial
+        truth = sim.ground_truth(ws, ws + args.window_s)
+        for scope in ("workload", "fleet"):
+            out += [t.as_dict() for t in truth[scope].values()]
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -237,6 +265,10 @@ def run(args: argparse.Namespace) -> int:
     drift_at = args.drift_at_s if args.drift_at_s is not None else round(0.4 * args.duration_s)
     interrupted = False
     sim_started = 0.0
+    sim_start_ts: float | None = None
+    from mfucli.agent import DEFAULT_SIM_MODELS
+
+    models = [m.strip() for m in (args.gpu_models or DEFAULT_SIM_MODELS).split(",") if m.strip()]
     try:
         _say(t0, "starting stream worker and rules stage")
         children.start("streams", ["streams"])
@@ -244,10 +276,13 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(5.0)  # let both join their consumer groups before data flows
         _say(t0, f"starting simulated fleet: {args.nodes} nodes x {args.gpus_per_node} GPUs, "
                  f"drift at +{drift_at:.0f}s, for {args.duration_s:.0f}s")
+        # An explicit start lets this process rebuild the same fleet for its ground truth.
+        sim_start_ts = float(math.floor(time.time()))
         children.start("simulator", [
             "simulate", "--nodes", str(args.nodes), "--gpus-per-node", str(args.gpus_per_node),
             "--seed", str(args.seed), "--duration-s", str(args.duration_s),
-            "--drift-at-s", str(drift_at), "--realtime",
+            "--drift-at-s", str(drift_at), "--realtime", "--start-ts", str(sim_start_ts),
+            "--gpu-models", ",".join(models),
         ])
         sim_started = time.time()
         tty = sys.stdout.isatty() and not args.no_view
@@ -279,8 +314,13 @@ def run(args: argparse.Namespace) -> int:
         consumer.close()
     from mfucli.demo_report import write_report
 
+    truth = None
+    if sim_start_ts is not None:
+        _say(t0, "ground truth: recomputing the simulated fleet's exact numbers per window")
+        truth = simulator_truth(args, models, sim_start_ts, drift_at,
+                                [f["window_start"] for f in collected.by_scope("fleet")])
     paths = write_report(out, collected, sim_started=sim_started, fleet=fleet_name,
-                         drift_at_s=drift_at, args=args)
+                         drift_at_s=drift_at, args=args, truth=truth)
     _say(t0, f"report: {paths['summary']} and {paths['chart']}")
     print(Path(paths["summary"]).read_text())
     return 130 if interrupted else 0

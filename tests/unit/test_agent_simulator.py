@@ -1,4 +1,6 @@
-"""Fleet simulator: deterministic, archetypes land in their ranges, ground truth exact."""
+"""Fleet simulator: deterministic, archetypes land in their ranges, ground truth exact,
+the reporting traits of DESIGN.md §8 (silent tenants, a buggy reporter, GPUs without pipe
+counters, engine reports with bytes, energy, tenants) and counters that follow physics."""
 
 from __future__ import annotations
 
@@ -9,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from agents.publisher import Publisher
-from agents.simulator import ARCHETYPES, STALL_S, FleetSimulator
+from agents.simulator import (
+    ARCHETYPES,
+    COUNTER_NOISE,
+    SOURCES,
+    STALL_S,
+    FleetSimulator,
+    SimDevice,
+)
 from agents.spool import Spool
 from mfu import peaks
 from mfu.events import FlopReport, GpuSample, batch, parse_events
@@ -66,7 +75,7 @@ def test_every_archetype_is_present_and_in_its_range(sim: FleetSimulator, truth:
         lo, hi = w.archetype.mfu
         if w.archetype.name in ("input_stall", "comm_bound_dp"):
             continue  # checked below
-        assert lo <= t.mfu <= hi, (name, t.mfu)
+        assert lo <= t.true_mfu <= hi, (name, t.true_mfu)
 
 
 def test_llm_training_spans_nodes_with_ranks(sim: FleetSimulator) -> None:
@@ -118,6 +127,8 @@ def test_idle_gpu_is_allocated_without_flops(sim: FleetSimulator, truth: dict) -
     assert any(name in s.workloads for ss, _ in events.values() for s in ss)
     t = truth["workload"][name]
     assert t.achieved_flops == 0 and t.peak_flops > 0 and t.mfu == 0
+    # idle by its counters: a known zero, so it is covered
+    assert t.coverage == 1.0 and t.flop_sources["idle"] == t.gpu_seconds
 
 
 def test_mig_slices_have_profiles_and_slice_peaks(sim: FleetSimulator, truth: dict) -> None:
@@ -147,7 +158,9 @@ def test_drift_lowers_mfu_by_the_fraction(sim: FleetSimulator) -> None:
 
 
 def test_ground_truth_matches_the_events(sim: FleetSimulator) -> None:
-    """Recompute MFU from the emitted events alone (peaks from the catalog)."""
+    """Recompute MFU from the emitted events alone (peaks from the catalog), with the
+    contract's FLOP sources: the peak counts only GPU-seconds with known model FLOPs (a
+    report on the GPU, or idle by its counters)."""
     flops: dict[str, float] = defaultdict(float)
     peak: dict[str, float] = defaultdict(float)
     node_flops: dict[str, float] = defaultdict(float)
@@ -159,6 +172,9 @@ def test_ground_truth_matches_the_events(sim: FleetSimulator) -> None:
                 flops[r.workload] += r.flops
                 node_flops[node] += r.flops
             for s in samples:
+                idle = s.sm_util <= 0.05 and (s.tensor_active is None or s.tensor_active <= 0.01)
+                if s.gpu_uuid not in precision_on and not idle:
+                    continue  # counters / none: no known model FLOPs
                 p = peaks.peak_flops_per_s(s.gpu_name, precision_on.get(s.gpu_uuid, "bf16"),
                                            mig_profile=s.mig_profile) * s.interval_s
                 node_peak[node] += p
@@ -166,12 +182,19 @@ def test_ground_truth_matches_the_events(sim: FleetSimulator) -> None:
                     peak[w] += p
     truth = sim.ground_truth(T0, T0 + 10)
     for name, t in truth["workload"].items():
+        if peak[name] == 0:
+            assert t.mfu is None and t.coverage == 0, name  # a silent job is never a zero
+            continue
         assert t.mfu == pytest.approx(flops[name] / peak[name], rel=1e-9)
     for node, t in truth["node"].items():
+        if node_peak[node] == 0:
+            assert t.mfu is None, node  # a node of silent GPUs: unknown
+            continue
         assert t.mfu == pytest.approx(node_flops[node] / node_peak[node], rel=1e-9)
     fleet = truth["fleet"]["default"]
     assert fleet.gpus == len(sim.devices) and 0 < fleet.allocation < 1
-    assert fleet.mfu_allocated > fleet.mfu
+    # over allocated GPUs (reporting or not) vs over every installed GPU
+    assert fleet.mfu_allocated > fleet.achieved_flops / fleet.peak_flops
 
 
 def test_window_crossing_reports_split_pro_rata() -> None:
@@ -220,3 +243,189 @@ def test_realtime_paces_on_the_wall_clock(tmp_path: Path) -> None:
 def test_bad_fleet_is_refused(bad: dict) -> None:
     with pytest.raises((ValueError, LookupError)):
         FleetSimulator(**{"nodes": 2, "gpus_per_node": 2, "start_ts": T0, **bad})
+
+
+# --------------------------------------------------------------------------- §8 traits
+
+def _of(sim: FleetSimulator, archetype: str) -> list[str]:
+    return [n for n, w in sim.workloads.items() if w.archetype.name == archetype]
+
+
+def _device(sim: FleetSimulator, workload: str) -> SimDevice:
+    return next(d for d in sim.devices if d.workload and d.workload.name == workload)
+
+
+def test_counters_only_tenants_publish_no_reports(sim: FleetSimulator, truth: dict) -> None:
+    silent = _of(sim, "silent_train") + _of(sim, "silent_finetune")
+    assert len(silent) >= 3
+    for tick in range(5):
+        for _, reports in sim.events(tick).values():
+            assert not {r.workload for r in reports} & set(silent)
+    by_counters = {n: _device(sim, n).hw.gpm for n in silent}
+    assert set(by_counters.values()) == {True, False}  # both kinds of GPU
+    for name, has_counters in by_counters.items():
+        t = truth["workload"][name]
+        source = "counters" if has_counters else "none"
+        # busy, no report: estimated from counters, or unknown; never a zero
+        assert t.flop_sources[source] == t.gpu_seconds and t.mfu is None
+        assert t.achieved_flops == 0 and t.true_mfu > 0.25
+
+
+def test_buggy_reporter_reports_twice_its_true_flops(sim: FleetSimulator, truth: dict) -> None:
+    (name,) = _of(sim, "overcount_train")
+    dev = _device(sim, name)
+    assert dev.hw.gpm  # placed where the counters can catch it
+    for tick in (0, 7, 33):
+        st = sim.state(dev, tick)
+        report = next(r for _, rs in sim.events(tick).values() for r in rs
+                      if r.gpu_uuid == dev.uuid)
+        assert report.flops == 2.0 * st.model_flops  # the bug: exactly double
+        assert report.tokens == pytest.approx(st.model_flops / (6 * 13e9))  # tokens honest
+    t = truth["workload"][name]
+    assert t.achieved_flops == pytest.approx(2.0 * t.true_flops, rel=1e-12)
+    assert t.mfu == pytest.approx(2.0 * t.true_mfu, rel=1e-12)
+    # honest reporters: what they report is the truth
+    for n in _of(sim, "llm_train") + _of(sim, "decode"):
+        assert truth["workload"][n].achieved_flops == pytest.approx(
+            truth["workload"][n].true_flops, rel=1e-12)
+
+
+PIPES = ("tensor_active", "fp16_active", "fp32_active", "fp64_active", "dram_active")
+
+
+def test_pipe_counters_on_hopper_only(sim: FleetSimulator) -> None:
+    samples = [s for ss, _ in sim.events(2).values() for s in ss]
+    kinds = {s.gpu_name for s in samples}
+    assert {"NVIDIA A100-SXM4-80GB", "NVIDIA L40S", "NVIDIA H100 80GB HBM3"} <= kinds
+    for s in samples:
+        values = [getattr(s, f) for f in PIPES]
+        if s.gpu_name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200"):
+            assert all(v is not None and 0 <= v <= 1 for v in values), s
+        else:  # A100 / L40S: no GPM, and no pretend zeros either
+            assert values == [None] * 5, s
+
+
+def test_tensor_activity_follows_hardware_flops_not_the_report(sim: FleetSimulator) -> None:
+    """tensor_active = model FLOPs x overhead x tensor share / (dense peak x clock/max x dt),
+    within the counters' bounded noise (+-3 sigma)."""
+    for arch in ("llm_train", "silent_train", "overcount_train", "decode"):
+        a = ARCHETYPES[arch]
+        dev = next(_device(sim, n) for n in _of(sim, arch) if _device(sim, n).hw.gpm)
+        for tick in range(0, 40, 3):
+            st = sim.state(dev, tick)
+            ratio = st.sm_clock_mhz / dev.hw.max_sm_clock_mhz
+            physics = (st.model_flops * a.overhead * a.tensor_share
+                       / (dev.peak("bf16") * ratio * sim.interval_s))
+            assert st.tensor_active == pytest.approx(physics, rel=3 * COUNTER_NOISE + 1e-9)
+            if a.clock_drop:
+                assert ratio >= 1 - a.clock_drop
+    # fp32 training: tensor pipe idle, the FP32 pipe carries the work
+    dev = next(_device(sim, n) for n in _of(sim, "fp32_train") if _device(sim, n).hw.gpm)
+    st = sim.state(dev, 5)
+    assert st.tensor_active == 0.0
+    assert st.fp32_active == pytest.approx(st.model_flops * 1.05 / (dev.peak("fp32") * 1.0),
+                                           rel=3 * COUNTER_NOISE + 1e-9)
+
+
+def test_counter_ofu_separates_the_buggy_reporter_from_honest_ones(sim: FleetSimulator) -> None:
+    """Per 10 s window, tensor-pipe FLOPs (tensor_active x peak x clock ratio) against the
+    reported FLOPs: honest bf16 reporters are never above their counters by more than
+    3 %, the double-counter is far above (what reporter_mismatch must catch)."""
+    gpm = {d.uuid: d for d in sim.devices if d.hw.gpm}
+    for start in range(0, 60, 10):
+        reported: dict[str, float] = defaultdict(float)
+        counted: dict[str, float] = defaultdict(float)
+        for tick in range(start, start + 10):
+            for samples, reports in sim.events(tick).values():
+                on = {r.gpu_uuid: r for r in reports if r.precision == "bf16"}
+                for s in samples:
+                    r = on.get(s.gpu_uuid)
+                    if r is None or s.gpu_uuid not in gpm:
+                        continue
+                    dev = gpm[s.gpu_uuid]
+                    reported[r.workload] += r.flops
+                    counted[r.workload] += (s.tensor_active * dev.peak("bf16") * s.interval_s
+                                            * s.sm_clock_mhz / s.max_sm_clock_mhz)
+        assert counted
+        for name, flops in reported.items():
+            if sim.workloads[name].archetype.report_factor == 1.0:
+                assert flops <= 1.03 * counted[name], (name, start)
+            else:
+                assert flops >= 1.6 * counted[name], (name, start)
+
+
+def test_energy_is_power_times_interval(sim: FleetSimulator) -> None:
+    for tick in (0, 11):
+        for samples, _ in sim.events(tick).values():
+            for s in samples:
+                assert s.energy_source == "counter" and s.energy_j > 0
+                if s.mig_profile is None:
+                    assert s.energy_j == pytest.approx(s.power_w * s.interval_s, rel=1e-12)
+    # MIG: slices share the parent's energy. An unallocated 1g.10gb slice of an A100 80GB
+    # with 3g.40gb + 3 x 1g.10gb: 14 of 42 + 3 * 14 = 84 SMs -> 1/6 of the 55 W idle power.
+    (free,) = [d for d in sim.devices if d.mig_profile and d.workload is None][:1]
+    assert free.gpu_name == "NVIDIA A100-SXM4-80GB" and free.mig_profile == "1g.10gb"
+    assert sim.state(free, 4).energy_j == pytest.approx(55.0 * 14 / 84 * 1.0)
+    slices = [d for d in sim.devices if d.node == free.node and d.index == free.index]
+    assert sum(d.energy_share for d in slices) == pytest.approx(1.0)
+    # the window truth adds them up: every device-second's energy
+    t = sim.ground_truth(T0, T0 + 3)["fleet"]["default"]
+    total = sum(sim.state(d, k).energy_j for d in sim.devices for k in range(3))
+    assert t.energy_j == pytest.approx(total, rel=1e-12)
+
+
+def test_tenants_on_every_allocated_sample(sim: FleetSimulator) -> None:
+    samples = [s for ss, _ in sim.events(1).values() for s in ss]
+    seen: dict[str, str] = {}
+    for s in samples:
+        if s.workloads:
+            assert set(s.tenants) == set(s.workloads)
+            seen.update(s.tenants)
+        else:
+            assert s.tenants is None
+    tenants = set(seen.values())
+    assert len(tenants) >= 5
+    sdk = {seen[r.workload] for _, rs in sim.events(1).values() for r in rs if r.source == "sdk"}
+    # roughly half the tenants use the SDK; the rest: engine counters or nothing
+    assert 0.4 <= len(sdk) / len(tenants) <= 0.6, (sdk, tenants)
+    assert all(sim.workloads[w].tenant == t for w, t in seen.items())
+
+
+def test_decode_is_memory_bound_with_engine_bytes(sim: FleetSimulator) -> None:
+    """Engine reports carry bytes; decode MBU 60-80 % at MFU < 5 %, intensity far below the
+    ridge point; the under-batched prefill is not memory-bound (still inefficient)."""
+    for arch, mbu_range in (("decode", (0.60, 0.80)), ("underbatched_inference", (0.03, 0.06))):
+        for name in _of(sim, arch):
+            dev = _device(sim, name)
+            reports = [r for t in range(10) for _, rs in sim.events(t).values() for r in rs
+                       if r.workload == name]
+            assert reports and all(r.source == "engine" and r.bytes > 0 for r in reports)
+            peak_bytes = dev.peak_bytes_per_s() * 10 * sim.interval_s
+            mbu = sum(r.bytes for r in reports) / peak_bytes
+            mfu = sum(r.flops for r in reports) / (dev.peak("bf16") * 10 * sim.interval_s)
+            ridge = dev.peak("bf16") / dev.peak_bytes_per_s()  # FLOP per byte
+            intensity = sum(r.flops for r in reports) / sum(r.bytes for r in reports)
+            assert mbu_range[0] <= mbu <= mbu_range[1], (name, mbu)
+            if arch == "decode":
+                assert mfu < 0.05 and intensity < ridge / 2
+                assert {r.phase for r in reports} == {"decode"}
+            else:
+                assert mfu < 0.10 and intensity > ridge / 2
+            t = sim.ground_truth(T0, T0 + 10)["workload"][name]
+            assert t.mbu == pytest.approx(mbu, rel=1e-9) and t.flop_sources["engine"] == 10
+
+
+def test_truth_sources_add_up_and_repeat(sim: FleetSimulator, truth: dict) -> None:
+    fleet = truth["fleet"]["default"]
+    sources = fleet.flop_sources
+    assert set(sources) == set(SOURCES) and all(sources[s] > 0 for s in SOURCES)
+    assert sum(sources.values()) == pytest.approx(fleet.gpu_seconds)
+    assert fleet.coverage == pytest.approx(
+        (sources["reported"] + sources["engine"] + sources["idle"]) / fleet.gpu_seconds)
+    parts = sum(fleet.by_source[s]["true_flops"] for s in SOURCES)
+    assert parts == pytest.approx(fleet.true_flops, rel=1e-12)
+    # exact on hardware FLOPs, a counter estimate still over-counts model FLOPs
+    assert fleet.hardware_mfu_estimable > fleet.true_mfu_estimable
+    again = FleetSimulator(8, 8, MODELS, seed=7, start_ts=T0, drift_at_s=120,
+                           drift_fraction=0.3).ground_truth(T0, T0 + 120)
+    assert again["fleet"]["default"].as_dict() == fleet.as_dict()

@@ -13,7 +13,7 @@ import yaml
 
 from agents.settings import AgentSettings
 from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
-from mfu.events import CloudEvent, MfuWindow
+from mfu.events import CloudEvent, FlopSources, MfuWindow
 from mfucli.main import build_parser
 from policies.annotations import policy_line
 from policies.settings import PolicySettings
@@ -95,7 +95,10 @@ def test_every_mfu_variable_is_a_real_setting() -> None:
 def test_dashboard_queries_fields_the_sink_writes() -> None:
     rec = MfuWindow(event_id="x", scope="fleet", key="default", window_start=1.7e9,
                     window_end=1.7e9 + 10, mfu=0.3, achieved_flops=1, peak_flops=3,
-                    gpu_seconds=10, gpus=1, sm_util=0.5, allocation=0.9, mfu_allocated=0.4)
+                    gpu_seconds=10, gpus=1, sm_util=0.5, allocation=0.9, mfu_allocated=0.4,
+                    # DESIGN.md §8 fields the dashboard charts (coverage, estimate, MBU)
+                    coverage=0.7, ofu=0.35, mfu_estimated=0.32, mbu=0.6, regime="memory",
+                    flop_sources=FlopSources(reported=4, engine=1, idle=2, counters=2, none=1))
     written = set(point_fields(rec)) | {"tensor_active"}
     dash = json.loads((ROOT / "deploy/grafana/dashboards/mfu-overview.json").read_text())
     queries = [t["query"] for panel in dash["panels"] for t in panel["targets"]]
