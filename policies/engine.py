@@ -20,7 +20,8 @@ from typing import Any
 
 from mfu.events import CloudEvent, MfuWindow
 from policies.cloudevents import make_event, subject_of
-from policies.evaluators import EVALUATORS, Emission, Evaluator
+from policies.evaluation import Emission, Evaluator
+from policies.kinds import kinds
 from policies.rules import RulesConfig
 
 DEFAULT_SOURCE = "/mfu/policies"
@@ -45,7 +46,7 @@ class Engine:
         self.by_scope: dict[str, list[Evaluator]] = {"workload": [], "node": [], "fleet": []}
         for rule in config.rules:
             if rule.enabled:
-                self.by_scope[rule.scope].append(EVALUATORS[rule.kind](rule, config))
+                self.by_scope[rule.scope].append(kinds()[rule.kind].evaluator(rule, config))
 
     def process(self, w: MfuWindow, state: dict[str, Any] | None) -> Result:
         """Advance every rule of ``w.scope`` by window ``w``.
@@ -87,6 +88,8 @@ class Engine:
             "observed": e.observed,
             "expected": e.expected,
             "windows": e.windows,
+            # What the judgement rests on: measured model FLOPs, or a counter estimate.
+            "basis": e.basis,
         }
         if rule.description:
             data["description"] = rule.description

@@ -1,0 +1,250 @@
+"""Rule kind ``drift``: MFU drift against a declared or learned baseline (CUSUM or EWMA)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from mfu.events import MfuWindow
+from policies.cloudevents import rfc3339
+from policies.detectors import Cusum, Ewma, NoiseEstimator, ewma_sd
+from policies.evaluation import (
+    Emission,
+    Evaluator,
+    _from_dict,
+    _r,
+)
+from policies.incidents import Episode, incident_id
+from policies.kinds.registry import RuleKind
+from policies.rulebase import (
+    EventName,
+    RuleBase,
+    Strict,
+    Windows,
+)
+
+
+class CusumParams(Strict):
+    """One-sided tabular CUSUM on the standardised residual z = (x - baseline) / sigma.
+
+    ``k`` is the reference value (half the shift to detect, in sigma), ``h`` the decision
+    interval (sigma). After an alarm the statistic is capped at ``recover_h`` (default
+    h/2); recovery is announced when it drains back to 0."""
+
+    method: Literal["cusum"]
+    k: float = Field(0.5, gt=0.0, le=5.0)
+    h: float = Field(12.0, gt=0.0, le=100.0)
+    recover_h: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _recover_below_h(self) -> CusumParams:
+        if self.recover_h is not None and self.recover_h > self.h:
+            raise ValueError(f"recover_h ({self.recover_h}) must be <= h ({self.h})")
+        return self
+
+
+class EwmaParams(Strict):
+    """EWMA control chart on z: e = lam*z + (1-lam)*e; alarm when e is beyond
+    ``L`` asymptotic standard deviations sqrt(lam/(2-lam)); recovery when back inside
+    ``recover_L``."""
+
+    method: Literal["ewma"]
+    lam: float = Field(0.1, gt=0.0, le=1.0)
+    L: float = Field(3.5, gt=0.0, le=20.0)
+    recover_L: float = Field(1.0, ge=0.0, le=20.0)
+
+    @model_validator(mode="after")
+    def _recover_inside(self) -> EwmaParams:
+        if self.recover_L >= self.L:
+            raise ValueError(f"recover_L ({self.recover_L}) must be < L ({self.L})")
+        return self
+
+
+DetectorParams = Annotated[CusumParams | EwmaParams, Field(discriminator="method")]
+
+
+class DriftRule(RuleBase):
+    """Drift of observed MFU against a baseline.
+
+    Baseline: ``declared`` = the record's ``expected_mfu``, else an ``expected`` entry of
+    the rules file; ``learned`` = mean of the first ``baseline_windows`` windows (refined
+    while detection already runs after ``warmup_windows``); ``auto`` = declared when
+    known, else learned. Noise sigma: ``sigma`` if given, else learned
+    from the moving range of successive windows (robust to a level offset), floored at
+    ``min_sigma``; detection starts after ``warmup_windows`` (learned baseline) or
+    ``declared_warmup_windows`` (declared baseline). Shifts smaller than ``min_shift`` x baseline are not worth an alarm:
+    the detector's reference value grows to cover them when sigma is tiny."""
+
+    kind: Literal["drift"]
+    baseline: Literal["auto", "declared", "learned"] = "auto"
+    direction: Literal["down", "up", "both"] = "down"
+    detector: DetectorParams = Field(default_factory=lambda: CusumParams(method="cusum"))
+    warmup_windows: Windows = 20
+    # With a declared baseline only the noise must be learned: fewer windows will do.
+    declared_warmup_windows: Windows = 5
+    baseline_windows: Windows = 200
+    sigma: float | None = Field(None, gt=0.0)
+    min_sigma: float = Field(0.005, gt=0.0)
+    min_shift: float = Field(0.05, ge=0.0, le=1.0)
+    event: EventName = "drift"
+
+
+
+@dataclass
+class DriftState(Episode):
+    noise: dict[str, Any] = field(default_factory=dict)
+    detector: dict[str, Any] = field(default_factory=dict)
+    # Evidence since the detector last sat at zero (CUSUM's change-point estimate).
+    run_start: float | None = None
+    run_n: int = 0
+    run_sum: float = 0.0
+    # While open: sums for the mean over the incident.
+    incident_n: int = 0
+    incident_sum: float = 0.0
+
+
+class DriftEvaluator(Evaluator):
+    rule: DriftRule
+    state_type = DriftState
+
+    def baseline(self, w: MfuWindow, noise: NoiseEstimator) -> tuple[float | None, str]:
+        r = self.rule
+        if r.baseline in ("auto", "declared"):
+            declared = self.config.expected_mfu(w)
+            if declared is not None:
+                return declared, "declared"
+            if r.baseline == "declared":
+                return None, "declared"
+        if noise.ready(r.warmup_windows):
+            return noise.baseline_mean, "learned"
+        return None, "learned"
+
+    def evaluate(self, w: MfuWindow, state: DriftState, subject: str) -> list[Emission]:
+        r = self.rule
+        x = w.mfu
+        if x is None:
+            return []
+        noise = _from_dict(NoiseEstimator, state.noise)
+        p = r.detector
+        det = _from_dict(Cusum if isinstance(p, CusumParams) else Ewma, state.detector)
+        mu0, source = self.baseline(w, noise)
+        warmup = r.declared_warmup_windows if source == "declared" else r.warmup_windows
+        sigma_est = (
+            r.sigma if r.sigma is not None else (noise.sigma if noise.ready(warmup) else None)
+        )
+        emissions: list[Emission] = []
+        if mu0 is not None and sigma_est is not None:
+            sigma = max(sigma_est, r.min_sigma)
+            z = (x - mu0) / sigma
+            # The smallest shift worth an alarm, in sigma units.
+            min_shift = r.min_shift * mu0 / sigma
+            if isinstance(p, CusumParams):
+                k = max(p.k, min_shift / 2)
+                det.update(z, k, p.h, p.recover_h or p.h / 2, r.direction)
+                params = {"method": "cusum", "k": _r(k), "h": p.h, "statistic": _r(det.statistic)}
+            else:
+                sd = ewma_sd(p.lam)
+                limit = max(p.L * sd, min_shift / 2)
+                det.update(z, p.lam, limit, p.recover_L * sd, r.direction)
+                params = {
+                    "method": "ewma",
+                    "lam": p.lam,
+                    "limit": _r(limit),
+                    "statistic": _r(det.statistic),
+                }
+            if det.neutral(r.direction):
+                state.run_start, state.run_n, state.run_sum = None, 0, 0.0
+            else:
+                if state.run_n == 0:
+                    state.run_start = w.window_start
+                state.run_n += 1
+                state.run_sum += x
+            if state.open:
+                state.incident_n += 1
+                state.incident_sum += x
+            expected = {
+                "mfu": _r(mu0),
+                "baseline": source,
+                "sigma": _r(sigma, 5),
+                "min_shift": r.min_shift,
+            }
+            if det.alarmed and not state.open:
+                emissions.append(self._opened(w, state, subject, x, mu0, sigma, expected, params))
+            elif not det.alarmed and state.open:
+                emissions.append(self._resolved(w, state, x, mu0, expected, params))
+        noise.update(x, r.warmup_windows, max(r.warmup_windows, r.baseline_windows))
+        state.noise, state.detector = asdict(noise), asdict(det)
+        return emissions
+
+    def _opened(
+        self,
+        w: MfuWindow,
+        state: DriftState,
+        subject: str,
+        x: float,
+        mu0: float,
+        sigma: float,
+        expected: dict[str, Any],
+        params: dict[str, Any],
+    ) -> Emission:
+        start = state.run_start if state.run_start is not None else w.window_start
+        n = max(state.run_n, 1)
+        mean = state.run_sum / state.run_n if state.run_n else x
+        state.open, state.opened_at = True, start
+        state.incident = incident_id(self.rule.id, subject, start)
+        state.incident_n, state.incident_sum = 1, x
+        rel = (mean - mu0) / mu0 if mu0 else math.inf
+        word = "below" if mean < mu0 else "above"
+        return Emission(
+            event=self.rule.event,
+            status="open",
+            summary=(
+                f"MFU {mean:.3f} {word} expected {mu0:.3f} ({rel:+.0%}) over {n} windows "
+                f"since {rfc3339(start)}; {params['method']} {params['statistic']}"
+            ),
+            observed={
+                "mfu": _r(x),
+                "mfu_mean": _r(mean),
+                "shift_sigma": _r((mean - mu0) / sigma, 2),
+            },
+            expected=expected,
+            windows={"start": start, "end": w.window_end, "count": n, "change_point": start},
+            incident=state.incident,
+            details={"detector": params, "direction": self.rule.direction},
+        )
+
+    def _resolved(
+        self,
+        w: MfuWindow,
+        state: DriftState,
+        x: float,
+        mu0: float,
+        expected: dict[str, Any],
+        params: dict[str, Any],
+    ) -> Emission:
+        state.open, state.resolved_end = False, w.window_end
+        start = state.opened_at if state.opened_at is not None else w.window_start
+        mean = state.incident_sum / state.incident_n if state.incident_n else None
+        return Emission(
+            event=self.rule.event,
+            status="resolved",
+            summary=f"MFU back at expected {mu0:.3f} (now {x:.3f}); drift since "
+            f"{rfc3339(start)} recovered",
+            observed={"mfu": _r(x), "mfu_mean_during_incident": _r(mean)},
+            expected=expected,
+            windows={
+                "start": start,
+                "end": w.window_end,
+                "count": state.incident_n,
+                "incident_duration_s": _r(w.window_end - start, 3),
+            },
+            incident=state.incident,
+            details={"detector": params, "direction": self.rule.direction},
+        )
+
+
+
+KIND = RuleKind("drift", DriftRule, DriftEvaluator)
