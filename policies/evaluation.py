@@ -79,6 +79,23 @@ def judged_mfu(
     return None, "reported"
 
 
+def judged_mfu_allocated(
+    w: MfuWindow, *, use_estimate: bool = True, min_coverage: float = 0.9
+) -> tuple[float | None, Basis]:
+    """Allocated-GPU MFU of a node or fleet window, and its basis.
+
+    ``mfu_allocated`` where coverage is at least ``min_coverage`` (or not given). Below
+    it, the known GPU-seconds are mostly the idle ones (busy GPUs that report nothing are
+    unknown), so the measured value is biased low: judge the estimate
+    ``mfu_estimated / allocation`` instead (exact when unallocated GPUs do nothing and the
+    GPUs' peaks are alike; basis ``estimated``), or nothing."""
+    if w.mfu_allocated is not None and (w.coverage is None or w.coverage >= min_coverage):
+        return float(w.mfu_allocated), "reported"
+    if use_estimate and w.mfu_estimated is not None and w.allocation:
+        return min(1.0, float(w.mfu_estimated) / w.allocation), "estimated"
+    return None, "reported"
+
+
 def memory_bound(w: MfuWindow) -> bool:
     """Memory-bound work (DESIGN.md §8): ``regime == "memory"``, or the decode phase.
     Such work is judged on MBU, not MFU."""

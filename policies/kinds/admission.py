@@ -12,6 +12,8 @@ from policies.evaluation import (
     Emission,
     Evaluator,
     _r,
+    coverage_observed,
+    judged_mfu_allocated,
 )
 from policies.incidents import incident_id
 from policies.kinds.registry import RuleKind
@@ -71,9 +73,10 @@ class AdmissionEvaluator(Evaluator):
         return "admit", f"pool {allocation:.0%} allocated (MFU {mfu_allocated:.2f}): admit"
 
     def evaluate(self, w: MfuWindow, state: AdmissionState, subject: str) -> list[Emission]:
-        if w.allocation is None or w.mfu_allocated is None:
+        mfu_allocated, basis = judged_mfu_allocated(w)
+        if w.allocation is None or mfu_allocated is None:
             return []
-        advice, reason = self.advise(w.allocation, w.mfu_allocated)
+        advice, reason = self.advise(w.allocation, mfu_allocated)
         if advice == state.advice:
             state.candidate, state.count, state.since = None, 0, None
             return []
@@ -92,7 +95,8 @@ class AdmissionEvaluator(Evaluator):
                 summary=f"{advice}: {reason}",
                 observed={
                     "allocation": _r(w.allocation),
-                    "mfu_allocated": _r(w.mfu_allocated),
+                    "mfu_allocated": _r(mfu_allocated),
+                    **coverage_observed(w),
                     "allocated_gpus": w.allocated_gpus,
                     "gpus": w.gpus,
                 },
@@ -104,6 +108,7 @@ class AdmissionEvaluator(Evaluator):
                 windows={"start": since, "end": w.window_end, "count": self.rule.for_windows},
                 incident=incident_id(self.rule.id, subject, since),
                 details={"advice": advice, "previous": previous, "pool": w.key, "reason": reason},
+                basis=basis,
             )
         ]
 

@@ -9,6 +9,8 @@ from policies.evaluation import (
     Assessment,
     EpisodeEvaluator,
     _r,
+    coverage_observed,
+    judged_mfu_allocated,
 )
 from policies.incidents import Episode
 from policies.kinds.registry import RuleKind
@@ -28,6 +30,9 @@ class AllocationGapRule(RuleBase, Hysteresis):
     allocation_min: Ratio = 0.8
     mfu_allocated_max: Ratio = 0.15
     clear_mfu_allocated: Ratio = 0.2
+    # Below this coverage the counter estimate is judged (basis: estimated), or nothing.
+    min_coverage: Ratio = 0.9
+    use_estimate: bool = True
     event: EventName = "allocation_gap"
 
 
@@ -37,14 +42,18 @@ class AllocationGapEvaluator(EpisodeEvaluator):
 
     def assess(self, w: MfuWindow, state: Episode) -> Assessment | None:
         r = self.rule
-        if w.allocation is None or w.mfu_allocated is None:
+        mfu_allocated, basis = judged_mfu_allocated(
+            w, use_estimate=r.use_estimate, min_coverage=r.min_coverage
+        )
+        if w.allocation is None or mfu_allocated is None:
             return None
-        bad = w.allocation >= r.allocation_min and w.mfu_allocated <= r.mfu_allocated_max
-        good = w.allocation < r.allocation_min or w.mfu_allocated >= r.clear_mfu_allocated
+        bad = w.allocation >= r.allocation_min and mfu_allocated <= r.mfu_allocated_max
+        good = w.allocation < r.allocation_min or mfu_allocated >= r.clear_mfu_allocated
         observed = {
             "allocation": _r(w.allocation),
             "mfu_allocated": _r(w.mfu_allocated),
             "mfu": _r(w.mfu),
+            **coverage_observed(w),
             "allocated_gpus": w.allocated_gpus,
             "gpus": w.gpus,
         }
@@ -53,7 +62,7 @@ class AllocationGapEvaluator(EpisodeEvaluator):
             "mfu_allocated_max": r.mfu_allocated_max,
             "clear_mfu_allocated": r.clear_mfu_allocated,
         }
-        return Assessment(bad, good, w.mfu_allocated, "mfu_allocated", observed, expected)
+        return Assessment(bad, good, mfu_allocated, "mfu_allocated", observed, expected, basis)
 
     def summary(
         self, a: Assessment, mean: float, n: int, opened: bool, facts: dict[str, Any]

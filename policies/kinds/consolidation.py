@@ -9,6 +9,8 @@ from policies.evaluation import (
     Assessment,
     EpisodeEvaluator,
     _r,
+    coverage_observed,
+    judged_mfu,
 )
 from policies.incidents import Episode
 from policies.kinds.registry import RuleKind
@@ -27,6 +29,10 @@ class ConsolidationRule(RuleBase, Hysteresis):
     kind: Literal["consolidation"]
     mfu_max: Ratio = 0.1
     mem_used_ratio_max: Ratio = 0.3
+    # Node MFU over known GPU-seconds leaves out busy GPUs that report nothing: below this
+    # coverage the counter estimate is judged instead (basis: estimated), or nothing.
+    min_coverage: Ratio = 0.9
+    use_estimate: bool = True
     event: EventName = "consolidation"
 
 
@@ -36,12 +42,18 @@ class ConsolidationEvaluator(EpisodeEvaluator):
 
     def assess(self, w: MfuWindow, state: Episode) -> Assessment | None:
         r = self.rule
-        if w.mfu is None or w.mem_used_ratio is None or w.gpus <= 0:
+        mfu, basis = judged_mfu(w, use_estimate=r.use_estimate, min_coverage=r.min_coverage)
+        if mfu is None or w.mem_used_ratio is None or w.gpus <= 0:
             return None
-        low = w.mfu <= r.mfu_max and w.mem_used_ratio <= r.mem_used_ratio_max
-        observed = {"mfu": _r(w.mfu), "mem_used_ratio": _r(w.mem_used_ratio), "gpus": w.gpus}
+        low = mfu <= r.mfu_max and w.mem_used_ratio <= r.mem_used_ratio_max
+        observed = {
+            "mfu": _r(w.mfu),
+            **coverage_observed(w),
+            "mem_used_ratio": _r(w.mem_used_ratio),
+            "gpus": w.gpus,
+        }
         expected = {"mfu_max": r.mfu_max, "mem_used_ratio_max": r.mem_used_ratio_max}
-        return Assessment(low, not low, w.mfu, "mfu", observed, expected)
+        return Assessment(low, not low, mfu, "mfu", observed, expected, basis)
 
     def facts(self, w: MfuWindow, a: Assessment) -> dict[str, Any]:
         return {"advice": "consolidate_or_oversubscribe"}

@@ -21,6 +21,7 @@ from policies.incidents import Episode, incident_id
 from policies.kinds.registry import RuleKind
 from policies.rulebase import (
     EventName,
+    Ratio,
     RuleBase,
     Strict,
     Windows,
@@ -66,6 +67,22 @@ class EwmaParams(Strict):
 DetectorParams = Annotated[CusumParams | EwmaParams, Field(discriminator="method")]
 
 
+class TransientParams(Strict):
+    """Dips that recover are not drift. A window below ``dip_ratio`` x the median of the
+    last ``reference_windows`` windows the detector saw starts a dip; if the series
+    recovers within ``max_windows`` windows, the dip, the window before it and the window
+    after it (both partly dipped when a stall straddles a window edge) never reach the
+    detector or the noise estimate. A dip longer than ``max_windows`` is a real drop: its
+    windows are fed, in order. The price: every window reaches the detector one window
+    late (the look-ahead that spots the window before a dip), a large sudden drop
+    ``max_windows + 1`` windows late. Periodic dips (input stalls: the ``stall`` rule
+    names them) and one-off pauses then leave the detector alone."""
+
+    max_windows: Windows = 3
+    dip_ratio: Ratio = 0.5
+    reference_windows: Windows = 12
+
+
 class DriftRule(RuleBase):
     """Drift of observed MFU against a baseline.
 
@@ -89,6 +106,9 @@ class DriftRule(RuleBase):
     sigma: float | None = Field(None, gt=0.0)
     min_sigma: float = Field(0.005, gt=0.0)
     min_shift: float = Field(0.05, ge=0.0, le=1.0)
+    # Off (null) by default: every window is judged as it comes (a large drop alarms in
+    # one window). The shipped rules turn it on.
+    transients: TransientParams | None = None
     event: EventName = "drift"
 
 
@@ -104,6 +124,12 @@ class DriftState(Episode):
     # While open: sums for the mean over the incident.
     incident_n: int = 0
     incident_sum: float = 0.0
+    # Transient filter (DriftRule.transients): windows held back ([start, mfu]), whether
+    # they are a dip, the recent values fed, and how many windows were dropped as dips.
+    pending: list[list[float]] = field(default_factory=list)
+    in_dip: bool = False
+    recent: list[float] = field(default_factory=list)
+    masked: int = 0
 
 
 class DriftEvaluator(Evaluator):
@@ -126,7 +152,40 @@ class DriftEvaluator(Evaluator):
         r = self.rule
         x = w.mfu
         if x is None:
-            return []
+            return []  # unknown MFU: nothing to judge (never a zero)
+        t = r.transients
+        if t is None:
+            return self._feed(w, w.window_start, float(x), state, subject)
+        item = [w.window_start, float(x)]
+        recent = sorted(state.recent)
+        ref = recent[len(recent) // 2] if len(recent) >= 3 else None
+        dip = ref is not None and x < t.dip_ratio * ref
+        fed: list[list[float]] = []
+        if state.in_dip:
+            if dip:
+                state.pending.append(item)
+                if len(state.pending) > t.max_windows:  # it stays down: a real drop
+                    fed, state.pending, state.in_dip = state.pending, [], False
+            else:  # recovered: a transient; drop it and this partly dipped window
+                state.masked += len(state.pending) + 1
+                state.pending, state.in_dip = [], False
+        elif dip:
+            state.masked += len(state.pending)  # the window before the dip
+            state.pending, state.in_dip = [item], True
+        else:
+            fed, state.pending = state.pending, [item]
+        out: list[Emission] = []
+        for ws, v in fed:
+            out.extend(self._feed(w, ws, v, state, subject))
+            state.recent = [*state.recent, v][-t.reference_windows :]
+        return out
+
+    def _feed(
+        self, w: MfuWindow, ws: float, x: float, state: DriftState, subject: str
+    ) -> list[Emission]:
+        """Advance the detector by one value ``x`` (the MFU of the window starting at
+        ``ws``); ``w`` is the window being processed (its end is the decision time)."""
+        r = self.rule
         noise = _from_dict(NoiseEstimator, state.noise)
         p = r.detector
         det = _from_dict(Cusum if isinstance(p, CusumParams) else Ewma, state.detector)
@@ -159,7 +218,7 @@ class DriftEvaluator(Evaluator):
                 state.run_start, state.run_n, state.run_sum = None, 0, 0.0
             else:
                 if state.run_n == 0:
-                    state.run_start = w.window_start
+                    state.run_start = ws
                 state.run_n += 1
                 state.run_sum += x
             if state.open:
@@ -171,6 +230,9 @@ class DriftEvaluator(Evaluator):
                 "sigma": _r(sigma, 5),
                 "min_shift": r.min_shift,
             }
+            if r.transients is not None:
+                expected["transients"] = r.transients.model_dump()
+                params["masked_windows"] = state.masked
             if det.alarmed and not state.open:
                 emissions.append(self._opened(w, state, subject, x, mu0, sigma, expected, params))
             elif not det.alarmed and state.open:
