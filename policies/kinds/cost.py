@@ -17,6 +17,7 @@ from policies.kinds.registry import RuleKind
 from policies.rulebase import (
     EventName,
     Positive,
+    Ratio,
     RuleBase,
 )
 
@@ -26,11 +27,18 @@ class CostRule(RuleBase):
     price (USD per GPU-hour, from ``prices``); effective PFLOP-hours = achieved_flops /
     1e15 / 3600; and their ratio, USD per effective PFLOP-hour. With
     ``max_usd_per_pflop_hour`` a period above it is reported with the rule's severity,
-    else as info."""
+    else as info.
+
+    Unknowns: GPU-seconds without known model FLOPs (``coverage`` < 1) are costed but
+    deliver no counted PFLOP-hours, so the ratio over them would be an upper bound, not a
+    measurement: the report gives ``unknown_gpu_hours`` and ``coverage``, its MFU is over
+    known GPU-seconds only (null if none), and a period whose coverage is below
+    ``min_coverage`` is reported as info (never above the threshold on an unknown)."""
 
     kind: Literal["cost"]
     period_s: Positive = 3600.0
     max_usd_per_pflop_hour: Positive | None = None
+    min_coverage: Ratio = 0.9
     event: EventName = "cost"
 
 
@@ -46,6 +54,7 @@ class CostState:
     peak_flops: float = 0.0
     first_start: float | None = None
     last_end: float | None = None
+    unknown_gpu_seconds: float = 0.0
 
     def restart(self) -> None:
         """Back to an empty period (in place: the engine stores this object)."""
@@ -74,8 +83,15 @@ class CostEvaluator(Evaluator):
         if price is not None:
             state.priced_gpu_seconds += w.gpu_seconds
             state.cost_usd += w.gpu_seconds / 3600.0 * price
-        state.achieved_flops += w.achieved_flops
-        state.peak_flops += w.peak_flops
+        # GPU-seconds without known model FLOPs: the whole window where its MFU is unknown,
+        # else the uncovered share.
+        if w.mfu is None:
+            state.unknown_gpu_seconds += w.gpu_seconds
+        else:
+            if w.coverage is not None:
+                state.unknown_gpu_seconds += w.gpu_seconds * (1.0 - w.coverage)
+            state.achieved_flops += w.achieved_flops
+            state.peak_flops += w.peak_flops
         if state.first_start is None:
             state.first_start = w.window_start
         state.last_end = w.window_end
@@ -90,7 +106,9 @@ class CostEvaluator(Evaluator):
         priced = s.priced_gpu_seconds > 0
         cost = s.cost_usd if priced else None
         per = cost / pflop_hours if cost is not None and pflop_hours > 0 else None
-        over = r.max_usd_per_pflop_hour is not None and (
+        coverage = 1.0 - s.unknown_gpu_seconds / s.gpu_seconds if s.gpu_seconds > 0 else None
+        judged = coverage is None or coverage >= r.min_coverage
+        over = judged and r.max_usd_per_pflop_hour is not None and (
             (per is not None and per > r.max_usd_per_pflop_hour)
             or (per is None and priced and pflop_hours == 0)
         )
@@ -112,6 +130,8 @@ class CostEvaluator(Evaluator):
                 "usd_per_effective_pflop_hour": _r(per, 4),
                 "mfu": _r(s.achieved_flops / s.peak_flops) if s.peak_flops else None,
                 "unpriced_gpu_hours": _r(unpriced / 3600.0, 6),
+                "unknown_gpu_hours": _r(s.unknown_gpu_seconds / 3600.0, 6),
+                "coverage": _r(coverage),
             },
             expected={"max_usd_per_pflop_hour": r.max_usd_per_pflop_hour},
             windows={
