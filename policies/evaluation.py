@@ -134,6 +134,14 @@ class Evaluator:
     def evaluate(self, w: MfuWindow, state: Any, subject: str) -> list[Emission]:
         raise NotImplementedError
 
+    def evaluate_in(
+        self, w: MfuWindow, state: Any, subject: str, open_incidents: frozenset[str]
+    ) -> list[Emission]:
+        """:meth:`evaluate`, knowing which other rules have an open incident on this
+        subject (``open_incidents``: rule ids), for a kind that defers to causes other
+        rules name. The engine calls this; most kinds ignore it."""
+        return self.evaluate(w, state, subject)
+
 
 # --- condition-style rules on the shared episode machine ----------------------------
 

@@ -23,6 +23,7 @@ from policies.rulebase import (
     EventName,
     Ratio,
     RuleBase,
+    RuleId,
     Strict,
     Windows,
 )
@@ -109,6 +110,9 @@ class DriftRule(RuleBase):
     # Off (null) by default: every window is judged as it comes (a large drop alarms in
     # one window). The shipped rules turn it on.
     transients: TransientParams | None = None
+    # Causes other rules name: while one of these rules (ids) has an open incident on the
+    # same subject, a drift alarm does not open (it opens later if the drift outlives it).
+    defer_to: list[RuleId] = Field(default_factory=list)
     event: EventName = "drift"
 
 
@@ -130,6 +134,7 @@ class DriftState(Episode):
     in_dip: bool = False
     recent: list[float] = field(default_factory=list)
     masked: int = 0
+    deferred_windows: int = 0  # alarm windows held back while a named cause was open
 
 
 class DriftEvaluator(Evaluator):
@@ -149,13 +154,19 @@ class DriftEvaluator(Evaluator):
         return None, "learned"
 
     def evaluate(self, w: MfuWindow, state: DriftState, subject: str) -> list[Emission]:
+        return self.evaluate_in(w, state, subject, frozenset())
+
+    def evaluate_in(
+        self, w: MfuWindow, state: DriftState, subject: str, open_incidents: frozenset[str]
+    ) -> list[Emission]:
         r = self.rule
+        deferred = sorted(set(r.defer_to) & open_incidents)
         x = w.mfu
         if x is None:
             return []  # unknown MFU: nothing to judge (never a zero)
         t = r.transients
         if t is None:
-            return self._feed(w, w.window_start, float(x), state, subject)
+            return self._feed(w, w.window_start, float(x), state, subject, deferred)
         item = [w.window_start, float(x)]
         recent = sorted(state.recent)
         ref = recent[len(recent) // 2] if len(recent) >= 3 else None
@@ -176,15 +187,22 @@ class DriftEvaluator(Evaluator):
             fed, state.pending = state.pending, [item]
         out: list[Emission] = []
         for ws, v in fed:
-            out.extend(self._feed(w, ws, v, state, subject))
+            out.extend(self._feed(w, ws, v, state, subject, deferred))
             state.recent = [*state.recent, v][-t.reference_windows :]
         return out
 
     def _feed(
-        self, w: MfuWindow, ws: float, x: float, state: DriftState, subject: str
+        self,
+        w: MfuWindow,
+        ws: float,
+        x: float,
+        state: DriftState,
+        subject: str,
+        deferred: list[str] | None = None,
     ) -> list[Emission]:
         """Advance the detector by one value ``x`` (the MFU of the window starting at
-        ``ws``); ``w`` is the window being processed (its end is the decision time)."""
+        ``ws``); ``w`` is the window being processed (its end is the decision time).
+        ``deferred``: rules with an open incident this drift defers to (no open now)."""
         r = self.rule
         noise = _from_dict(NoiseEstimator, state.noise)
         p = r.detector
@@ -233,7 +251,12 @@ class DriftEvaluator(Evaluator):
             if r.transients is not None:
                 expected["transients"] = r.transients.model_dump()
                 params["masked_windows"] = state.masked
-            if det.alarmed and not state.open:
+            if r.defer_to:
+                params["deferred_to"] = deferred or []
+                params["deferred_windows"] = state.deferred_windows
+            if det.alarmed and not state.open and deferred:
+                state.deferred_windows += 1
+            elif det.alarmed and not state.open:
                 emissions.append(self._opened(w, state, subject, x, mu0, sigma, expected, params))
             elif not det.alarmed and state.open:
                 emissions.append(self._resolved(w, state, x, mu0, expected, params))

@@ -84,3 +84,30 @@ def test_full_archetype_mix_for_an_hour() -> None:
     assert wrong_mismatch == {} and mismatch is not None and mismatch <= 3
     # No drift opened before the change anywhere.
     assert res.opens_of("workload-mfu-drift") == {drifting: 1}
+
+
+def test_drift_defers_to_a_cause_another_rule_names() -> None:
+    """While rule `low` (named in defer_to) has an open incident, drift does not open;
+    when `low` resolves and the drift persists, drift opens, saying how long it waited."""
+    rules = """
+rules:
+  - {id: low, kind: threshold, scope: workload, below: 0.35, clear_above: 0.35,
+     for_windows: 1, clear_windows: 1, cooldown_s: 0}
+""" + RULES.removeprefix("\nrules:\n") + "    defer_to: [low]\n"
+    # 0.30 from window 5: `low` opens at 5 (it runs first); drift's CUSUM alarms at 5
+    # (z = -7.5, S = 7 >= 4) but waits through windows 5-9. At 0.36 (window 10) `low`
+    # resolves; drift is still alarmed (S capped at h/2 = 2, z = -4.5): it opens at 10.
+    values = [0.45] * 5 + [0.30] * 5 + [0.36] * 3
+    eng = Engine(parse_rules(rules))
+    state, got = None, []
+    for i, x in enumerate(values):
+        w = MfuWindow(event_id=str(i), scope="workload", key="j", window_start=T0 + 10 * i,
+                      window_end=T0 + 10 * i + 10, mfu=x, achieved_flops=x, peak_flops=1.0,
+                      gpu_seconds=10.0, gpus=1, expected_mfu=0.45)
+        result = eng.process(w, state)
+        state = result.state
+        got += [(i, e.data["rule"], e.data["status"]) for e in result.events]
+        if e := next((e for e in result.events if e.data["rule"] == "drift"), None):
+            assert e.data["detector"]["deferred_windows"] == 5
+            assert e.data["windows"]["change_point"] == T0 + 50
+    assert got == [(5, "low", "open"), (10, "low", "resolved"), (10, "drift", "open")]
