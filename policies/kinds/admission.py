@@ -1,4 +1,4 @@
-"""Rule kind ``admission``: Admission advice for a node pool."""
+"""Rule kind ``admission``: admission advice for a node pool (``io.mfu.admission.v1``)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,6 @@ class AdmissionRule(RuleBase):
         if self.mfu_allocated_idle > self.mfu_allocated_busy:
             raise ValueError("mfu_allocated_idle must be <= mfu_allocated_busy")
         return self
-
 
 
 @dataclass
@@ -111,7 +110,6 @@ class AdmissionEvaluator(Evaluator):
                 basis=basis,
             )
         ]
-
 
 
 KIND = RuleKind("admission", AdmissionRule, AdmissionEvaluator)

@@ -1,4 +1,5 @@
-"""Rule kind ``allocation_gap``: Provider view: highly allocated, allocated GPUs deliver little."""
+"""Rule kind ``allocation_gap``: provider view, a fleet or node highly allocated whose
+allocated GPUs deliver little."""
 
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ class AllocationGapRule(RuleBase, Hysteresis):
     min_coverage: Ratio = 0.9
     use_estimate: bool = True
     event: EventName = "allocation_gap"
-
 
 
 class AllocationGapEvaluator(EpisodeEvaluator):
@@ -73,7 +73,6 @@ class AllocationGapEvaluator(EpisodeEvaluator):
                 f"{alloc:.0%} allocated but allocated GPUs deliver MFU {mean:.3f} for {n} windows"
             )
         return f"allocated GPUs working again (MFU {mean:.3f}) for {n} windows"
-
 
 
 KIND = RuleKind("allocation_gap", AllocationGapRule, AllocationGapEvaluator)

@@ -1,4 +1,5 @@
-"""Rule kind ``consolidation``: Low MFU and low memory use: candidate for consolidation."""
+"""Rule kind ``consolidation``: a node with low MFU and low memory use is a candidate for
+consolidation or oversubscription."""
 
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ class ConsolidationRule(RuleBase, Hysteresis):
     event: EventName = "consolidation"
 
 
-
 class ConsolidationEvaluator(EpisodeEvaluator):
     rule: ConsolidationRule
 
@@ -67,7 +67,6 @@ class ConsolidationEvaluator(EpisodeEvaluator):
                 f"{n} windows: candidate for consolidation/oversubscription"
             )
         return f"busy again (MFU {mean:.3f}) for {n} windows"
-
 
 
 KIND = RuleKind("consolidation", ConsolidationRule, ConsolidationEvaluator)

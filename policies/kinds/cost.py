@@ -1,4 +1,4 @@
-"""Rule kind ``cost``: Economics: cost per effective PFLOP-hour, once per period."""
+"""Rule kind ``cost``: economics, cost per effective PFLOP-hour, reported once per period."""
 
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ class CostRule(RuleBase):
     max_usd_per_pflop_hour: Positive | None = None
     min_coverage: Ratio = 0.9
     event: EventName = "cost"
-
 
 
 @dataclass
@@ -146,7 +145,6 @@ class CostEvaluator(Evaluator):
             window_start=start,
             window_end=start + r.period_s,
         )
-
 
 
 KIND = RuleKind("cost", CostRule, CostEvaluator)

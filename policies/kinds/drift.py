@@ -1,4 +1,5 @@
-"""Rule kind ``drift``: MFU drift against a declared or learned baseline (CUSUM or EWMA)."""
+"""Rule kind ``drift``: MFU drift against a declared or learned baseline (CUSUM or
+EWMA), robust to dips that recover and deferring to causes other rules name."""
 
 from __future__ import annotations
 
@@ -114,7 +115,6 @@ class DriftRule(RuleBase):
     # same subject, a drift alarm does not open (it opens later if the drift outlives it).
     defer_to: list[RuleId] = Field(default_factory=list)
     event: EventName = "drift"
-
 
 
 @dataclass
@@ -329,7 +329,6 @@ class DriftEvaluator(Evaluator):
             incident=state.incident,
             details={"detector": params, "direction": self.rule.direction},
         )
-
 
 
 KIND = RuleKind("drift", DriftRule, DriftEvaluator)

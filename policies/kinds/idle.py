@@ -38,7 +38,6 @@ class IdleRule(RuleBase, Hysteresis):
     event: EventName = "idle"
 
 
-
 class IdleEvaluator(EpisodeEvaluator):
     rule: IdleRule
 
@@ -73,7 +72,6 @@ class IdleEvaluator(EpisodeEvaluator):
         if opened:
             return f"{gpus} GPU(s) allocated but idle: MFU {mean:.4f} for {n} windows"
         return f"working again: MFU {mean:.3f} for {n} windows"
-
 
 
 KIND = RuleKind("idle", IdleRule, IdleEvaluator)

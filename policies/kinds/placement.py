@@ -1,4 +1,4 @@
-"""Rule kind ``placement``: Communication-bound jobs: move to an NVLink topology."""
+"""Rule kind ``placement``: communication-bound jobs, move to an NVLink topology."""
 
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ class PlacementRule(RuleBase, Hysteresis):
     drop_ratio: Ratio = 0.8
     min_samples: Windows = 3
     ewma_alpha: float = Field(0.2, gt=0.0, le=1.0)
-
 
 
 @dataclass
@@ -110,7 +109,6 @@ class PlacementEvaluator(EpisodeEvaluator):
             what = "; ".join(e["detail"] for e in a.observed["evidence"])
             return f"communication-bound on {a.observed['nodes']} nodes ({what}): move to NVLink"
         return f"no longer communication-bound for {n} windows"
-
 
 
 KIND = RuleKind("placement", PlacementRule, PlacementEvaluator)

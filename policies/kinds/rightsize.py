@@ -1,4 +1,5 @@
-"""Rule kind ``rightsize``: A low-MFU, low-memory job on a whole GPU fits a MIG shape."""
+"""Rule kind ``rightsize``: a low-MFU, low-memory job on a whole GPU fits a MIG shape
+(sized by SM share and memory from the GPU catalog)."""
 
 from __future__ import annotations
 
@@ -105,7 +106,6 @@ class RightsizeEvaluator(EpisodeEvaluator):
                 f"{n} windows: fits MIG {facts['recommended_shape']}"
             )
         return f"uses the whole GPU again (MFU {mean:.3f}) for {n} windows"
-
 
 
 KIND = RuleKind("rightsize", RightsizeRule, RightsizeEvaluator)

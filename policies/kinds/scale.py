@@ -1,4 +1,5 @@
-"""Rule kind ``scale``: Replica-set scaling advice (io.mfu.scale.v1)."""
+"""Rule kind ``scale``: replica-set scaling advice (``io.mfu.scale.v1``) on the binding
+resource (compute or memory bandwidth)."""
 
 from __future__ import annotations
 

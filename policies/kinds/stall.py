@@ -1,4 +1,4 @@
-"""Rule kind ``stall``: Input-pipeline stalls: periodic MFU dips that recover."""
+"""Rule kind ``stall``: input-pipeline stalls, periodic MFU dips that recover."""
 
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ class StallRule(RuleBase, Hysteresis):
     for_windows: Windows = 1
     clear_windows: Windows = 6
     event: EventName = "stall"
-
 
 
 @dataclass
@@ -86,7 +85,6 @@ class StallEvaluator(EpisodeEvaluator):
                     f"{o['dip_runs']} separate times in {o['history_windows']} windows: "
                     "likely input-pipeline stalls (data loading, checkpointing)")
         return f"no MFU dips for {n} windows"
-
 
 
 KIND = RuleKind("stall", StallRule, StallEvaluator)

@@ -1,4 +1,4 @@
-"""Rule kind ``straggler``: One rank far below its peers."""
+"""Rule kind ``straggler``: one rank far below its peers holds the job back."""
 
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ class StragglerRule(RuleBase, Hysteresis):
     event: EventName = "straggler"
 
 
-
 class StragglerEvaluator(EpisodeEvaluator):
     rule: StragglerRule
 
@@ -64,7 +63,6 @@ class StragglerEvaluator(EpisodeEvaluator):
                 f"({o['rank_mfu_min']:.3f} vs {o['rank_mfu_median']:.3f}) for {n} windows"
             )
         return f"ranks back in step ({mean:.0%} of median) for {n} windows"
-
 
 
 KIND = RuleKind("straggler", StragglerRule, StragglerEvaluator)

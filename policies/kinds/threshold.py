@@ -1,4 +1,5 @@
-"""Rule kind ``threshold``: A metric below (or above) a limit for a number of windows, with hysteresis."""
+"""Rule kind ``threshold``: a metric below (or above) a limit for a number of windows,
+with hysteresis."""
 
 from __future__ import annotations
 
@@ -61,7 +62,6 @@ class ThresholdRule(RuleBase, Hysteresis):
         return self
 
 
-
 _METRIC_LABEL = {"mfu": "MFU", "mfu_allocated": "allocated MFU"}
 
 
@@ -91,7 +91,6 @@ class ThresholdEvaluator(EpisodeEvaluator):
             return f"{label} {mean:.3f} {op} {limit} for {n} windows"
         op, limit = (">", r.clear_above) if r.below is not None else ("<", r.clear_below)
         return f"{label} back {op} {limit} for {n} windows (mean {mean:.3f})"
-
 
 
 KIND = RuleKind("threshold", ThresholdRule, ThresholdEvaluator)
