@@ -15,6 +15,12 @@ archetype's GPU-seconds are ``reported``, the idle archetype's ``idle``), and ``
 from its ``tensor_active`` (the simulator runs at the maximum SM clock, so tensor-pipe
 activity x clock ratio = tensor_active) where its precision runs on the tensor cores.
 A window that already carries these fields is left as it is.
+
+Un-instrumented tenants (``silent``): their FLOP reports are dropped before the stream
+stage, and their windows get what the §8 accounting gives a busy GPU without reports:
+``mfu`` null, ``coverage`` 0, ``flop_sources.counters`` (or ``none`` without tensor
+counters) and ``mfu_estimated`` = OFU (which over-states model FLOPs by the job's
+overhead: 25 % in the simulator).
 """
 
 from __future__ import annotations
@@ -44,10 +50,11 @@ def sim_windows(
     *,
     window_s: float = 10.0,
     over_count: dict[str, float] | None = None,
+    silent: frozenset[str] = frozenset(),
 ) -> Iterator[MfuWindow]:
     """Every closed window (node, workload, fleet) of ``duration_s`` of the simulation,
     in close order. ``over_count``: workload -> factor its FLOP reports are multiplied by
-    (a buggy reporter)."""
+    (a buggy reporter); ``silent``: workloads whose reports are dropped (no SDK)."""
     settings = WindowSettings(size_s=window_s, grace_s=0.0)
     node = NodeStage(settings, inputs=("telemetry", "flops"))
     rollup = RollupStage(settings, sources=1)
@@ -65,6 +72,8 @@ def sim_windows(
 
     for tick in sim.ticks_for(duration_s):
         for _, (samples, reports) in sim.events(tick).items():
+            if silent:
+                reports = [r for r in reports if r.workload not in silent]
             if factors:
                 reports = [
                     r.model_copy(update={"flops": r.flops * factors[r.workload]})
@@ -79,13 +88,23 @@ def sim_windows(
     yield from close(node.flush_idle())
 
 
-def with_stand_ins(w: MfuWindow, sim: FleetSimulator) -> MfuWindow:
+def with_stand_ins(
+    w: MfuWindow, sim: FleetSimulator, silent: frozenset[str] = frozenset()
+) -> MfuWindow:
     """``flop_sources`` and ``ofu`` for a workload window that lacks them (see module)."""
     if w.scope != "workload" or w.flop_sources is not None:
         return w
     sw = sim.workloads.get(w.key)
     if sw is None:
         return w
+    counters = w.tensor_active is not None and sw.precision in TENSOR_PRECISIONS
+    if w.key in silent and sw.archetype.reports:
+        ofu = w.tensor_active if counters else None
+        sources = FlopSources(counters=w.gpu_seconds) if counters else FlopSources(
+            none=w.gpu_seconds)
+        return w.model_copy(update={
+            "mfu": None, "mfu_reason": "no FLOP reports: busy GPU-seconds are unknown",
+            "flop_sources": sources, "coverage": 0.0, "ofu": ofu, "mfu_estimated": ofu})
     sources = (
         FlopSources(reported=w.gpu_seconds)
         if sw.archetype.reports
@@ -128,6 +147,7 @@ def run_mix(
     drift_at_s: float | None = 1800.0,
     drift_fraction: float = 0.3,
     over_count: dict[str, float] | None = None,
+    silent: frozenset[str] = frozenset(),
 ) -> tuple[FleetSimulator, MixResult]:
     """Simulate, window and evaluate; returns the simulator (for its layout) and the
     result. The drifting workload is the simulator's default (the first LLM training)."""
@@ -139,8 +159,8 @@ def run_mix(
     states: dict[str, Any] = {}
     out = MixResult()
     started = time.perf_counter()
-    for w in sim_windows(sim, duration_s, over_count=over_count):
-        w = with_stand_ins(w, sim)
+    for w in sim_windows(sim, duration_s, over_count=over_count, silent=silent):
+        w = with_stand_ins(w, sim, silent)
         subject = f"{w.scope}/{w.key}"
         result = eng.process(w, states.get(subject))
         states[subject] = result.state

@@ -4,6 +4,7 @@ for an hour of windows: false drift alarms, detection delay, reporter mismatch."
 
 from __future__ import annotations
 
+from agents.simulator import FleetSimulator
 from mfu.events import MfuWindow
 from policies.engine import Engine
 from policies.rules import DEFAULT_RULES_PATH, load_rules, parse_rules
@@ -111,3 +112,25 @@ rules:
             assert e.data["detector"]["deferred_windows"] == 5
             assert e.data["windows"]["change_point"] == T0 + 50
     assert got == [(5, "low", "open"), (10, "low", "resolved"), (10, "drift", "open")]
+
+
+def test_half_the_tenants_without_the_sdk() -> None:
+    """Every other workload of the mix reports nothing (15 min, 2-s samples): their windows
+    have mfu null and an OFU estimate. No rule judges them on a zero: no idle, low-MFU,
+    drift, stall, reporter or overhead event; the only events are busy-but-inefficient
+    for the under-batched inference jobs among them, on the estimate (basis estimated)."""
+    config = load_rules(DEFAULT_RULES_PATH)
+    names = sorted(FleetSimulator(8, 8, seed=7, start_ts=MIX_T0).workloads)
+    silent = frozenset(n for i, n in enumerate(names) if i % 2 == 1 and not n.startswith("idle"))
+    sim, res = run_mix(config, duration_s=900, interval_s=2.0, drift_at_s=None, silent=silent)
+    on_silent = [e for e in res.events if e.data["scope"] == "workload" and e.data["key"] in silent]
+    assert {e.data["basis"] for e in on_silent} == {"estimated"}
+    flagged = {(e.data["key"], e.data["rule"]) for e in on_silent}
+    expected = {(n, "busy-but-inefficient") for n in silent
+                if sim.workloads[n].archetype.name == "underbatched_inference"}
+    assert expected and flagged == expected
+    # The reporting half still gets its events on measured MFU.
+    reported = [e for e in res.events if e.data["scope"] == "workload"
+                and e.data["key"] not in silent]
+    assert reported and {e.data["basis"] for e in reported} == {"reported"}
+
