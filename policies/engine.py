@@ -20,7 +20,8 @@ from typing import Any
 
 from mfu.events import CloudEvent, MfuWindow
 from policies.cloudevents import make_event, subject_of
-from policies.evaluators import EVALUATORS, Emission, Evaluator
+from policies.evaluation import Emission, Evaluator
+from policies.kinds import kinds
 from policies.rules import RulesConfig
 
 DEFAULT_SOURCE = "/mfu/policies"
@@ -45,7 +46,7 @@ class Engine:
         self.by_scope: dict[str, list[Evaluator]] = {"workload": [], "node": [], "fleet": []}
         for rule in config.rules:
             if rule.enabled:
-                self.by_scope[rule.scope].append(EVALUATORS[rule.kind](rule, config))
+                self.by_scope[rule.scope].append(kinds()[rule.kind].evaluator(rule, config))
 
     def process(self, w: MfuWindow, state: dict[str, Any] | None) -> Result:
         """Advance every rule of ``w.scope`` by window ``w``.
@@ -61,6 +62,9 @@ class Engine:
         subject = subject_of(w.scope, w.key)
         rules: dict[str, Any] = {}
         events: list[CloudEvent] = []
+        # Rules with an open incident on this subject (rules earlier in this window count
+        # with their new state), for kinds that defer to causes other rules name.
+        open_now = {rid for rid, st in old_rules.items() if isinstance(st, dict) and st.get("open")}
         for ev in self.by_scope[w.scope]:
             rule_id = ev.rule.id
             if not ev.applies(w):
@@ -68,9 +72,14 @@ class Engine:
                     rules[rule_id] = old_rules[rule_id]
                 continue
             rule_state = ev.load(old_rules.get(rule_id))
-            for emission in ev.evaluate(w, rule_state, subject):
+            others = frozenset(open_now - {rule_id})
+            for emission in ev.evaluate_in(w, rule_state, subject, others):
                 events.append(self._event(ev, w, subject, emission))
-            rules[rule_id] = ev.dump(rule_state)
+            rules[rule_id] = dumped = ev.dump(rule_state)
+            if dumped.get("open"):
+                open_now.add(rule_id)
+            else:
+                open_now.discard(rule_id)
         return Result(state={"last_window_start": w.window_start, "rules": rules}, events=events)
 
     def _event(self, ev: Evaluator, w: MfuWindow, subject: str, e: Emission) -> CloudEvent:
@@ -87,6 +96,8 @@ class Engine:
             "observed": e.observed,
             "expected": e.expected,
             "windows": e.windows,
+            # What the judgement rests on: measured model FLOPs, or a counter estimate.
+            "basis": e.basis,
         }
         if rule.description:
             data["description"] = rule.description

@@ -560,3 +560,29 @@ def test_incidents_alternate_and_survive_any_restart(values: list[float], cut: i
     for rule in ("low", "drift"):
         seq = [e.data["status"] for e in straight.events if e.data["rule"] == rule]
         assert seq == ["open", "resolved"] * (len(seq) // 2) + ["open"] * (len(seq) % 2)
+
+
+def test_rightsize_sizes_mig_shapes_by_sm_share_from_the_catalog() -> None:
+    """H100 80GB at MFU 0.10 using 10 GB (0.125 of 80): the catalog's SM shares are
+    1g.10gb 16/132 = 0.121, 1g.20gb 26/132 = 0.197, 2g.20gb 32/132 = 0.242. Slice MFU
+    0.10 / 0.121 = 0.825 > 0.6 (too small); 0.10 / 0.197 = 0.508 <= 0.6 and 10 GB <= 20 x
+    0.9 = 18 GB: 1g.20gb. (slices/7 gave 1g.20gb 1/7 = 0.143 -> 0.70 > 0.6 -> 2g.20gb.)"""
+    run = Run(engine("rules: [{id: mig, kind: rightsize, scope: workload, for_windows: 1}]"))
+    (e,) = run.feed(win(0, 0.10, gpu_model=H100, mem_used_ratio=0.125))
+    assert e.data["recommended_shape"] == "1g.20gb"
+    assert e.data["shape_compute_share"] == round(26 / 132, 4)
+    assert e.data["expected_slice_mfu"] == round(0.10 / (26 / 132), 4)
+    assert e.data["memory_used_gb"] == 10.0 and e.data["basis"] == "reported"
+    # H200 (141 GB): MFU 0.04 with 14.1 GB: 1g.18gb has 16/132 SMs: 0.04/0.1212 = 0.33
+    # <= 0.6 and 14.1 <= 18 x 0.9 = 16.2: 1g.18gb.
+    h200 = Run(run.eng)
+    (h,) = h200.feed(win(0, 0.04, gpu_model="NVIDIA H200", mem_used_ratio=0.1))
+    assert h.data["recommended_shape"] == "1g.18gb"
+    # A GPU without MIG in the catalog (L40S) gets nothing; an un-instrumented job (mfu
+    # unknown) is judged on its estimate and says so.
+    assert Run(run.eng).feed(win(0, 0.05, gpu_model="NVIDIA L40S", mem_used_ratio=0.1)) == []
+    est = Run(run.eng).feed(
+        win(0, None, gpu_model=H100, mem_used_ratio=0.125, mfu_estimated=0.10, coverage=0.0)
+    )
+    assert est[0].data["basis"] == "estimated" and est[0].data["recommended_shape"] == "1g.20gb"
+    assert est[0].data["observed"]["mfu"] is None

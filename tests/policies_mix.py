@@ -1,0 +1,218 @@
+"""Offline harness: the simulator's full archetype mix through the pure stream stages and
+the pure policy engine, in process (no Kafka, no Faust), to measure what the rules do
+over long runs: false alarms per rule and workload, detection delays.
+
+    agents.simulator.FleetSimulator.events(tick)      gpu_sample/1 + flop_report/1
+      -> streams.stages.NodeStage (one partition)       node windows + partials
+      -> streams.stages.RollupStage (one source)        workload and fleet windows
+      -> policies.engine.Engine (state per subject)     CloudEvents
+
+Run it: ``python -m tests.policies_mix --duration-s 3600`` (prints the numbers).
+
+Stand-ins until the stream stage computes the DESIGN.md §8 fields itself: a workload
+window without ``flop_sources`` gets them from the simulator's layout (a reporting
+archetype's GPU-seconds are ``reported``, the idle archetype's ``idle``), and ``ofu``
+from its ``tensor_active`` (the simulator runs at the maximum SM clock, so tensor-pipe
+activity x clock ratio = tensor_active) where its precision runs on the tensor cores.
+A window that already carries these fields is left as it is.
+
+Un-instrumented tenants (``silent``): their FLOP reports are dropped before the stream
+stage, and their windows get what the §8 accounting gives a busy GPU without reports:
+``mfu`` null, ``coverage`` 0, ``flop_sources.counters`` (or ``none`` without tensor
+counters) and ``mfu_estimated`` = OFU (which over-states model FLOPs by the job's
+overhead: 25 % in the simulator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.simulator import FleetSimulator
+from mfu.config import WindowSettings
+from mfu.events import CloudEvent, FlopSources, MfuWindow
+from mfu.peaks import TENSOR_PRECISIONS
+from policies.engine import Engine
+from policies.rules import RulesConfig
+from streams.aggregate import Marker
+from streams.stages import NodeStage, RollupStage
+
+T0 = 1_700_000_000.0  # a window boundary
+
+
+def sim_windows(
+    sim: FleetSimulator,
+    duration_s: float,
+    *,
+    window_s: float = 10.0,
+    over_count: dict[str, float] | None = None,
+    silent: frozenset[str] = frozenset(),
+) -> Iterator[MfuWindow]:
+    """Every closed window (node, workload, fleet) of ``duration_s`` of the simulation,
+    in close order. ``over_count``: workload -> factor its FLOP reports are multiplied by
+    (a buggy reporter); ``silent``: workloads whose reports are dropped (no SDK)."""
+    settings = WindowSettings(size_s=window_s, grace_s=0.0)
+    node = NodeStage(settings, inputs=("telemetry", "flops"))
+    rollup = RollupStage(settings, sources=1)
+    factors = over_count or {}
+
+    def close(starts: Iterable[float]) -> Iterator[MfuWindow]:
+        for ws in starts:
+            closed = node.close(ws)
+            yield from closed.records
+            for p in closed.partials:
+                rollup.add_partial(p)
+        rollup.add_marker(Marker(src=0, closed_through=node.progress.closed_through))
+        for rws in rollup.due():
+            yield from rollup.close(rws).records
+
+    for tick in sim.ticks_for(duration_s):
+        for _, (samples, reports) in sim.events(tick).items():
+            if silent:
+                reports = [r for r in reports if r.workload not in silent]
+            if factors:
+                reports = [
+                    r.model_copy(update={"flops": r.flops * factors[r.workload]})
+                    if r.workload in factors
+                    else r
+                    for r in reports
+                ]
+            node.add_many(samples, topic="telemetry")
+            if reports:
+                node.add_many(reports, topic="flops")
+        yield from close(node.due())
+    yield from close(node.flush_idle())
+
+
+def with_stand_ins(
+    w: MfuWindow, sim: FleetSimulator, silent: frozenset[str] = frozenset()
+) -> MfuWindow:
+    """``flop_sources`` and ``ofu`` for a workload window that lacks them (see module)."""
+    if w.scope != "workload" or w.flop_sources is not None:
+        return w
+    sw = sim.workloads.get(w.key)
+    if sw is None:
+        return w
+    counters = w.tensor_active is not None and sw.precision in TENSOR_PRECISIONS
+    if w.key in silent and sw.archetype.reports:
+        ofu = w.tensor_active if counters else None
+        sources = FlopSources(counters=w.gpu_seconds) if counters else FlopSources(
+            none=w.gpu_seconds)
+        return w.model_copy(update={
+            "mfu": None, "mfu_reason": "no FLOP reports: busy GPU-seconds are unknown",
+            "flop_sources": sources, "coverage": 0.0, "ofu": ofu, "mfu_estimated": ofu})
+    sources = (
+        FlopSources(reported=w.gpu_seconds)
+        if sw.archetype.reports
+        else FlopSources(idle=w.gpu_seconds)
+    )
+    ofu = w.ofu
+    if ofu is None and w.tensor_active is not None and sw.precision in TENSOR_PRECISIONS:
+        ofu = w.tensor_active
+    return w.model_copy(update={"flop_sources": sources, "ofu": ofu, "coverage": 1.0})
+
+
+@dataclass
+class MixResult:
+    """What the rules made of one run."""
+
+    windows: Counter[str] = field(default_factory=Counter)  # scope -> windows evaluated
+    opens: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rule, subject)
+    events: list[CloudEvent] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def first_open(self, rule: str, subject: str) -> CloudEvent | None:
+        for e in self.events:
+            if e.data["rule"] == rule and e.subject == subject and e.data["status"] == "open":
+                return e
+        return None
+
+    def opens_of(self, rule: str, exclude: Iterable[str] = ()) -> dict[str, int]:
+        skip = set(exclude)
+        return {s: n for (r, s), n in self.opens.items() if r == rule and s not in skip}
+
+
+def run_mix(
+    config: RulesConfig,
+    *,
+    nodes: int = 8,
+    gpus_per_node: int = 8,
+    duration_s: float = 3600.0,
+    interval_s: float = 1.0,
+    seed: int = 7,
+    drift_at_s: float | None = 1800.0,
+    drift_fraction: float = 0.3,
+    over_count: dict[str, float] | None = None,
+    silent: frozenset[str] = frozenset(),
+) -> tuple[FleetSimulator, MixResult]:
+    """Simulate, window and evaluate; returns the simulator (for its layout) and the
+    result. The drifting workload is the simulator's default (the first LLM training)."""
+    sim = FleetSimulator(
+        nodes, gpus_per_node, seed=seed, interval_s=interval_s, start_ts=T0,
+        drift_at_s=drift_at_s, drift_fraction=drift_fraction,
+    )
+    eng = Engine(config)
+    states: dict[str, Any] = {}
+    out = MixResult()
+    started = time.perf_counter()
+    for w in sim_windows(sim, duration_s, over_count=over_count, silent=silent):
+        w = with_stand_ins(w, sim, silent)
+        subject = f"{w.scope}/{w.key}"
+        result = eng.process(w, states.get(subject))
+        states[subject] = result.state
+        out.windows[w.scope] += 1
+        for e in result.events:
+            out.events.append(e)
+            if e.data["status"] == "open":
+                out.opens[(e.data["rule"], e.subject)] += 1
+    out.seconds = time.perf_counter() - started
+    return sim, out
+
+
+def delay_windows(e: CloudEvent | None, change_s: float, window_s: float = 10.0) -> int | None:
+    """Windows from the change to the decision, counting the window the change is in."""
+    if e is None:
+        return None
+    return round((e.data["windows"]["end"] - change_s) / window_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from policies.rules import DEFAULT_RULES_PATH, load_rules
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration-s", type=float, default=3600.0)
+    ap.add_argument("--interval-s", type=float, default=1.0)
+    ap.add_argument("--nodes", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--rules", default=str(DEFAULT_RULES_PATH))
+    ap.add_argument("--buggy", default="dp-wide-0", help="workload whose reports are doubled")
+    args = ap.parse_args(argv)
+    config = load_rules(args.rules)
+    drift_at = args.duration_s / 2
+    sim, res = run_mix(
+        config, nodes=args.nodes, duration_s=args.duration_s, interval_s=args.interval_s,
+        seed=args.seed, drift_at_s=drift_at, over_count={args.buggy: 2.0},
+    )
+    drifting = f"workload/{sim.drift_workload}"
+    buggy = f"workload/{args.buggy}"
+    print(f"windows evaluated: {dict(res.windows)} in {res.seconds:.1f} s "
+          f"({len(sim.workloads)} workloads, {args.duration_s:.0f} s simulated)")
+    print(f"drift opens outside {drifting}: {res.opens_of('workload-mfu-drift', [drifting])}")
+    d = delay_windows(res.first_open("workload-mfu-drift", drifting), T0 + drift_at)
+    print(f"drift detection delay for {drifting}: {d} windows")
+    print(f"reporter-mismatch opens outside {buggy}: "
+          f"{res.opens_of('reporter-mismatch', [buggy])}")
+    b = res.first_open("reporter-mismatch", buggy)
+    print(f"reporter-mismatch for {buggy}: "
+          f"{delay_windows(b, T0) if b else None} windows after the start")
+    by_rule = Counter(r for (r, _), n in res.opens.items() for _ in range(n))
+    print(f"opens by rule: {dict(sorted(by_rule.items()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
