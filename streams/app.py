@@ -37,10 +37,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mfu import peaks, topics
 from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
 from mfu.events import DeadLetter, FlopReport, GpuSample, MfuWindow, Rejected
+from mfuio.health import PipelineMetrics, StreamsHealthSettings, faust_lag, serve
 from streams.aggregate import Marker, Partial
 from streams.decode import decode
 from streams.faustapp import make_app
-from streams.influx import InfluxWriter
+from streams.influx import InfluxConfigError, InfluxWriter
 from streams.stages import NEG_INF, Closed, NodeStage, Progress, RollupStage
 
 log = logging.getLogger("mfu.streams")
@@ -111,7 +112,12 @@ class Runtime:
         self.s = settings
         self.windows = windows
         self.n_partitions = kafka.partitions
-        self.writer = InfluxWriter(influx) if influx.enabled else None
+        # The stage's own health (mfuio.health): served by build_app's serve_health task.
+        self.metrics = PipelineMetrics("streams")
+        self.writer = (InfluxWriter(influx, observe=self.metrics.influx_observer)
+                       if influx.enabled else None)
+        if self.writer is not None:
+            self.metrics.add_backlog_source(lambda: self.writer.backlog_points)  # type: ignore[union-attr]
         self.node: dict[int, _PartitionState] = {}
         self.rollup: dict[int, _PartitionState] = {}
         # The node-stage agent and the idle timer share per-partition state: one at a time.
@@ -161,8 +167,10 @@ class Runtime:
         for tp in tps:
             if tp.topic == self.s.telemetry_topic:
                 self.node.pop(tp.partition, None)
+                self.metrics.forget_partition("node", tp.partition)
             elif tp.topic == self.s.partials_topic:
                 self.rollup.pop(tp.partition, None)
+                self.metrics.forget_partition("rollup", tp.partition)
 
     async def _persist(self, kind: str, partition: int, st: _PartitionState) -> None:
         key = f"{kind}:{partition}".encode()
@@ -191,6 +199,7 @@ class Runtime:
                 ts=time.time(), partition=message.partition, offset=message.offset,
             )
             futs.append(await self.deadletter.send(key=message.key, value=rec.to_json()))
+            self.metrics.dead_letter(r.reason)
             log.info("dead-lettered event", extra={"topic": message.topic, "reason": r.reason})
         self.counters["deadletter"] += len(rejected)
         return futs
@@ -202,6 +211,7 @@ class Runtime:
             for rec in c.records:
                 futs.append(await self.outputs[rec.scope].send(key=rec.key.encode(),
                                                                 value=rec.to_json()))
+                self.metrics.event_out(getattr(self.s, f"{rec.scope}_topic"))
                 records.append(rec)
             for p in c.partials:
                 futs.append(await self.partials.send(
@@ -210,7 +220,25 @@ class Runtime:
                 ))
         if records and self.writer is not None:
             # Blocking, retrying write off the event loop: an outage delays, never drops.
-            await asyncio.get_running_loop().run_in_executor(None, self.writer.write, records)
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    None, self.writer.write, records)
+            except InfluxConfigError as exc:  # wrong token/bucket: no retry can help
+                self.metrics.fail(str(exc))
+                log.error("influxdb refused the configuration", extra={"error": str(exc)})
+                raise
+            # Points InfluxDB refused as bad (400/422/413): dead-lettered with its reason,
+            # the rest is written (streams.influx).
+            self.metrics.influx_rejected(len(result.rejected))
+            for rej in result.rejected:
+                rec = rej.record
+                assert rec is not None  # write() maps each rejected line to its record
+                dead = DeadLetter(event_id=f"influxdb:{rec.event_id}", reason=rej.reason,
+                                  source_topic=getattr(self.s, f"{rec.scope}_topic"),
+                                  original=rec.to_json().decode(), ts=time.time())
+                futs.append(await self.deadletter.send(key=rec.key.encode(),
+                                                       value=dead.to_json()))
+                self.metrics.dead_letter(rej.reason)
         self.counters["records"] += len(records)
         return futs
 
@@ -243,6 +271,8 @@ class Runtime:
         await self._persist("node", partition, st)
         self._ack_through(st, starts[-1] if starts else NEG_INF)
         self._pause_idle_clocks(time.monotonic() - started)
+        if starts:
+            self.metrics.window_closed("node", partition, starts[-1] + self.windows.size_s)
 
     async def close_rollup_windows(self, partition: int, st: _PartitionState,
                                    starts: list[float]) -> None:
@@ -252,6 +282,8 @@ class Runtime:
         await asyncio.gather(*futs)
         await self._persist("rollup", partition, st)
         self._ack_through(st, starts[-1] if starts else NEG_INF)
+        if starts:
+            self.metrics.window_closed("rollup", partition, starts[-1] + self.windows.size_s)
 
     # --- input -------------------------------------------------------------------
 
@@ -328,11 +360,13 @@ class Runtime:
                     good, topic=message.topic, offset=message.offset, now=now)
                 self.counters["duplicates"] += duplicates
         self.counters["events"] += len(good)
+        self.metrics.event_in(message.topic, len(good))
         if bad:
             futs += await self._dead_letter(bad, message)
         for ev in late:
             futs.append(await self.late.send(key=message.key, value=ev.to_json()))
         self.counters["late"] += len(late)
+        self.metrics.late(message.topic, len(late))
         st.pending.append((NEG_INF if max_ws is None else max_ws, event))
         if st.idle:
             # Resuming: tell the roll-up at once to wait for this partition again, before
@@ -506,5 +540,14 @@ def build_app(
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         rt.forget(assigned)  # restored from the progress table on first use
+        rt.metrics.rebalance()
+
+    # --- the stage's own health (mfuio.health), on MFU_STREAMS_METRICS_PORT ---
+    @app.task
+    async def serve_health() -> None:
+        inputs = (settings.telemetry_topic, settings.flops_topic, settings.partials_topic)
+        rt.metrics.add_lag_source(lambda: faust_lag(app, inputs))
+        serve(rt.metrics, StreamsHealthSettings())
+        rt.metrics.set_ready()
 
     return app, rt
