@@ -38,10 +38,11 @@ from mfu import peaks, topics
 from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
 from mfu.events import DeadLetter, FlopReport, GpuSample, MfuWindow, Rejected
 from mfuio.health import PipelineMetrics, StreamsHealthSettings, faust_lag, serve
+from mfuio.sinks import SinkContext, SinkSettings, build_sinks
 from streams.aggregate import Marker, Partial
 from streams.decode import decode
 from streams.faustapp import make_app
-from streams.influx import InfluxConfigError, InfluxWriter
+from streams.influx import InfluxConfigError
 from streams.stages import NEG_INF, Closed, NodeStage, Progress, RollupStage
 
 log = logging.getLogger("mfu.streams")
@@ -114,10 +115,15 @@ class Runtime:
         self.n_partitions = kafka.partitions
         # The stage's own health (mfuio.health): served by build_app's serve_health task.
         self.metrics = PipelineMetrics("streams")
-        self.writer = (InfluxWriter(influx, observe=self.metrics.influx_observer)
-                       if influx.enabled else None)
-        if self.writer is not None:
-            self.metrics.add_backlog_source(lambda: self.writer.backlog_points)  # type: ignore[union-attr]
+        self.health = StreamsHealthSettings()
+        # Where closed windows go besides the output topics (MFU_STREAMS_SINKS, mfuio.sinks).
+        self.sinks = build_sinks(SinkSettings(), SinkContext(
+            influx=influx, kafka=kafka, metrics=self.metrics,
+            metrics_port=self.health.metrics_port))
+        for sink in self.sinks.sinks:
+            writer = getattr(sink, "writer", None)
+            if writer is not None:
+                self.metrics.add_backlog_source(lambda w=writer: w.backlog_points)
         self.node: dict[int, _PartitionState] = {}
         self.rollup: dict[int, _PartitionState] = {}
         # The node-stage agent and the idle timer share per-partition state: one at a time.
@@ -218,22 +224,21 @@ class Runtime:
                     key=f"{p.scope}:{p.key}".encode(),
                     value=p.model_dump_json(by_alias=True).encode(),
                 ))
-        if records and self.writer is not None:
-            # Blocking, retrying write off the event loop: an outage delays, never drops.
+        if records and self.sinks.sinks:
+            # Blocking, retrying writes off the event loop: an outage delays, never drops.
             try:
                 result = await asyncio.get_running_loop().run_in_executor(
-                    None, self.writer.write, records)
+                    None, self.sinks.write, records)
             except InfluxConfigError as exc:  # wrong token/bucket: no retry can help
                 self.metrics.fail(str(exc))
                 log.error("influxdb refused the configuration", extra={"error": str(exc)})
                 raise
-            # Points InfluxDB refused as bad (400/422/413): dead-lettered with its reason,
-            # the rest is written (streams.influx).
-            self.metrics.influx_rejected(len(result.rejected))
+            # Records a sink refused as bad (InfluxDB 400/422/413, Kafka too large):
+            # dead-lettered with the reason, the rest is written.
+            self.metrics.influx_rejected(sum(r.sink == "influxdb" for r in result.rejected))
             for rej in result.rejected:
                 rec = rej.record
-                assert rec is not None  # write() maps each rejected line to its record
-                dead = DeadLetter(event_id=f"influxdb:{rec.event_id}", reason=rej.reason,
+                dead = DeadLetter(event_id=f"{rej.sink}:{rec.event_id}", reason=rej.reason,
                                   source_topic=getattr(self.s, f"{rec.scope}_topic"),
                                   original=rec.to_json().decode(), ts=time.time())
                 futs.append(await self.deadletter.send(key=rec.key.encode(),
@@ -547,7 +552,7 @@ def build_app(
     async def serve_health() -> None:
         inputs = (settings.telemetry_topic, settings.flops_topic, settings.partials_topic)
         rt.metrics.add_lag_source(lambda: faust_lag(app, inputs))
-        serve(rt.metrics, StreamsHealthSettings())
+        serve(rt.metrics, rt.health)
         rt.metrics.set_ready()
 
     return app, rt

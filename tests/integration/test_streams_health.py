@@ -51,7 +51,8 @@ def test_streams_worker_metrics(kafka_bootstrap: str, kafka_admin: AdminClient, 
     names = create_topics(kafka_admin, topics, PARTITIONS)
     port = free_port()
     env = worker_env(topics, kafka_bootstrap, influx, partitions=PARTITIONS, extra={
-        "MFU_STREAMS_METRICS_PORT": str(port), "MFU_STREAMS_METRICS_HOST": "127.0.0.1"})
+        "MFU_STREAMS_METRICS_PORT": str(port), "MFU_STREAMS_METRICS_HOST": "127.0.0.1",
+        "MFU_STREAMS_SINKS": "influxdb,prometheus"})
     worker = Worker(env, tmp_path)
     outputs = [topics[k] for k in ("workload", "node", "fleet", "deadletter")]
     collector = Collector(kafka_bootstrap, outputs)
@@ -97,6 +98,14 @@ def test_streams_worker_metrics(kafka_bootstrap: str, kafka_admin: AdminClient, 
         delays = [v for (n, labels), v in got.items()
                   if n == "mfu_pipeline_watermark_delay_seconds" and ("kind", "node") in labels]
         assert delays and abs(max(delays) - (time.time() - (T0 + 20))) < 60
+        # The prometheus sink: the latest node window's values on the same /metrics.
+        (node_rec,) = [r for r in collector.records[topics["node"]]
+                       if r["window_start"] == T0 + 10]
+        node_labels = {"scope": "node", "key": node, "gpu_model": node_rec.get("gpu_model") or "",
+                       "tenant": "", "fleet": node_rec.get("fleet") or ""}
+        assert got[("mfu_window_mfu", frozenset(node_labels.items()))] == node_rec["mfu"]
+        assert got[("mfu_window_end_timestamp_seconds", frozenset(node_labels.items()))] == \
+            T0 + 20
         with urllib.request.urlopen(f"{base}/readyz", timeout=5) as resp:
             assert resp.status == 200 and json.loads(resp.read())["status"] == "ok"
     finally:

@@ -16,6 +16,7 @@ from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
 from mfu.events import CloudEvent, MfuWindow
 from mfucli.main import build_parser
 from mfuio.health import PipelineMetrics, PoliciesHealthSettings, StreamsHealthSettings
+from mfuio.sinks import SinkSettings
 from policies.annotations import policy_line
 from policies.settings import PolicySettings
 from streams.app import StreamSettings
@@ -23,7 +24,7 @@ from streams.influx import point_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = [KafkaSettings, InfluxSettings, WindowSettings, StreamSettings, PolicySettings,
-            AgentSettings, StreamsHealthSettings, PoliciesHealthSettings]
+            AgentSettings, StreamsHealthSettings, PoliciesHealthSettings, SinkSettings]
 
 
 def known_env_names() -> set[str]:
