@@ -230,8 +230,11 @@ class Runtime:
                 result = await asyncio.get_running_loop().run_in_executor(
                     None, self.sinks.write, records)
             except InfluxConfigError as exc:  # wrong token/bucket: no retry can help
+                # A clear stop: say what to fix and end the worker (its input stays
+                # un-acked and is replayed once the setting is fixed).
                 self.metrics.fail(str(exc))
-                log.error("influxdb refused the configuration", extra={"error": str(exc)})
+                log.critical("influxdb refused the configuration; stopping: %s", exc)
+                await self.app.crash(exc)
                 raise
             # Records a sink refused as bad (InfluxDB 400/422/413, Kafka too large):
             # dead-lettered with the reason, the rest is written.
