@@ -57,3 +57,22 @@ def test_user_settings_mirror_is_honoured(tmp_path: Path, monkeypatch: pytest.Mo
         kafka.provision(lambda _line: None, maven_repo_local=tmp_path / "empty-m2")
     assert "dead-mirror" in str(info.value) or "127.0.0.1:9" in str(info.value)
     assert not (tmp_path / "cache" / "kafka" / kafka.KAFKA_VERSION / "libs").exists()
+
+
+def test_kafka_storage_formats_with_a_redrawn_id(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real StorageTool accepts the id drawn instead of one starting with '-'."""
+    draws = [bytes([0xF8]) + bytes(15), bytes([0x10]) + bytes(range(1, 16))]
+    cluster_id = kafka.new_cluster_id(lambda n: draws.pop(0))
+    assert not cluster_id.startswith("-")
+    libs = kafka.provision(lambda _line: None)  # the shared cache: already provisioned
+    broker = kafka.LocalKafka(libs, tmp_path / "kafka")
+    broker.data_dir.mkdir(parents=True)
+    broker._choose_ports()
+    broker._write_config()
+    java = kafka.find_java()
+    jvm = [str(java), "-Xmx256m", "-cp", f"{libs}/*"]
+    monkeypatch.setattr(kafka, "new_cluster_id", lambda: cluster_id)
+    broker._format(jvm)
+    meta = (broker.log_dirs / "meta.properties").read_text()
+    assert f"cluster.id={cluster_id}" in meta
