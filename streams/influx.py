@@ -111,6 +111,12 @@ def to_line(rec: MfuWindow, measurement: str = "mfu") -> str:
 RETRY_AFTER_MAX_S = 300.0  # a server's Retry-After is honoured up to this (a bogus value must not stall for days)
 _FIRST_RETRY_S = 0.2
 _PARSE_ERROR = re.compile(r"unable to parse '(.*?)': ", re.S)
+# Answers that blame the request's target, not its points, whatever their status (1.x
+# answers a missing retention policy with 500, a bad precision with 400): retrying or
+# bisecting cannot help.
+_TARGET_ERROR = re.compile(
+    r"retention policy not found|database not found|bucket .*not found|"
+    r"organization .*not found|invalid precision", re.I)
 
 
 class InfluxConfigError(RuntimeError):
@@ -152,6 +158,12 @@ class _Answer:
     message: str  # the server's error text ('' on success)
     retry_after_s: float | None
     lines_named: tuple[int, ...] = ()  # 0-based indexes InfluxDB 3 names in ``data``
+
+
+def _blames_target(message: str) -> bool:
+    """Does the server's error blame the bucket/database/precision? (Quoted points are
+    left out: a workload may be named "database not found".)"""
+    return bool(_TARGET_ERROR.search(_PARSE_ERROR.sub("", message)))
 
 
 def _retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -277,15 +289,21 @@ class InfluxWriter:
                 f"InfluxDB at {s.url} does not let this token write to bucket {s.bucket!r} "
                 f"(HTTP 403: {said}): grant it write access or set MFU_INFLUX_TOKEN to one "
                 "that has it", status=status, setting="MFU_INFLUX_TOKEN")
-        if status == 404:
-            lowered = said.lower()
-            if "bucket" in lowered or "database" in lowered or "org" in lowered:
+        lowered = said.lower()
+        if "invalid precision" in lowered:
+            return InfluxConfigError(
+                f"InfluxDB at {s.url} refused the write's precision (HTTP {status}: {said}): "
+                "MFU_INFLUX_URL may point at an incompatible server", status=status,
+                setting="MFU_INFLUX_URL")
+        if status == 404 or _blames_target(said):
+            if "bucket" in lowered or "database" in lowered or "org" in lowered or \
+                    "retention policy" in lowered:
                 db = s.v1_database()[0]
                 return InfluxConfigError(
                     f"InfluxDB at {s.url} has no bucket {s.bucket!r} in org {s.org!r} (HTTP "
-                    f"404: {said}): create it (InfluxDB 1.x: CREATE DATABASE \"{db}\") or fix "
-                    "MFU_INFLUX_BUCKET / MFU_INFLUX_ORG", status=status,
-                    setting="MFU_INFLUX_BUCKET")
+                    f"{status}: {said}): create it (InfluxDB 1.x: CREATE DATABASE \"{db}\", "
+                    "or the retention policy after the '/') or fix MFU_INFLUX_BUCKET / "
+                    "MFU_INFLUX_ORG", status=status, setting="MFU_INFLUX_BUCKET")
             if s.api == "v2":
                 return InfluxConfigError(
                     f"{s.url} has no /api/v2/write (HTTP 404: {said}): InfluxDB before 1.8 "
@@ -320,6 +338,10 @@ class InfluxWriter:
                 answer, error = None, _safe_error(exc)
             took = time.monotonic() - started
             status = answer.status if answer is not None else None
+            if answer is not None and status is not None and status >= 400 and \
+                    _blames_target(answer.message):
+                self._note("config", took, len(lines))
+                raise self._config_error(answer)
             if status is not None and 200 <= status < 300:
                 self._note("ok", took, len(lines))
                 return answer  # type: ignore[return-value]

@@ -72,6 +72,11 @@ def test_missing_bucket_and_wrong_token_stop_with_the_setting(influx: Any) -> No
     with pytest.raises(InfluxConfigError) as info:
         missing.write_lines([line])
     assert info.value.status == 404 and info.value.setting == "MFU_INFLUX_BUCKET"
+    db = influx.bucket.split("/")[0]
+    no_rp = InfluxWriter(_settings(influx, bucket=f"{db}/nosuch_{uuid.uuid4().hex[:6]}"))
+    with pytest.raises(InfluxConfigError) as info:  # 1.8 answers this one with HTTP 500
+        no_rp.write_lines([line], max_attempts=2)
+    assert info.value.setting == "MFU_INFLUX_BUCKET" and "retention policy" in str(info.value)
     wrong = InfluxWriter(_settings(influx, token="nobody:wrong"))
     with pytest.raises(InfluxConfigError) as info:
         wrong.write_lines([line])

@@ -200,6 +200,10 @@ def test_413_splits_the_batch_and_rejects_a_single_oversized_point(server) -> No
     (403, "insufficient permissions", "MFU_INFLUX_TOKEN", "write access"),
     (404, 'database not found: "mfu"', "MFU_INFLUX_BUCKET", "CREATE DATABASE"),
     (404, "404 page not found", "MFU_INFLUX_API", "MFU_INFLUX_API=v1"),
+    # InfluxDB 1.x answers a missing retention policy with 500 and a bad precision with
+    # 400: neither is retried nor bisected
+    (500, "retention policy not found: nosuchrp", "MFU_INFLUX_BUCKET", "retention policy"),
+    (400, 'invalid precision "xx" (use ns, us, ms or s)', "MFU_INFLUX_URL", "precision"),
 ])
 def test_config_errors_stop_at_once_naming_the_setting(server, status, message, setting,
                                                        words) -> None:  # type: ignore[no-untyped-def]
@@ -210,6 +214,19 @@ def test_config_errors_stop_at_once_naming_the_setting(server, status, message, 
     assert info.value.status == status and info.value.setting == setting
     assert words in str(info.value) and message in str(info.value)
     assert len(fake.seen) == 1 and waits == []  # no retry
+
+
+def test_a_point_named_like_a_target_error_is_still_a_bad_point(server) -> None:  # type: ignore[no-untyped-def]
+    bad = "m,key=database\\ not\\ found v= 1"
+
+    def answer(lines: list[str], n: int) -> Answer:
+        if bad in lines:
+            return err(400, f"unable to parse '{bad}': missing field value")
+        return ok(lines, n)
+
+    fake = server(answer)
+    result = InfluxWriter(settings(fake.url)).write_lines(["m,key=a v=1 1", bad])
+    assert result.written == 1 and [r.line for r in result.rejected] == [bad]
 
 
 def test_429_honours_retry_after_and_5xx_backs_off(server) -> None:  # type: ignore[no-untyped-def]
