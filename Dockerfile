@@ -8,6 +8,7 @@ COPY streams ./streams
 COPY policies ./policies
 COPY devenv ./devenv
 COPY mfucli ./mfucli
+COPY mfuio ./mfuio
 RUN pip install --no-cache-dir -c constraints.txt . \
  && useradd --system --uid 10001 mfu
 USER 10001

@@ -1,10 +1,14 @@
 """A local Apache Kafka broker (KRaft, single node) built from its Maven Central jars.
 
 No Docker, no tarball: the broker's jars and their runtime dependencies are listed, with
-their sha256, in ``devenv/kafka-<version>.sha256`` (a lock file). ``provision()`` downloads
-each jar from Maven Central, checks its sha256 and caches the set under
-``cache_dir()/kafka/<version>/libs``; a second call returns at once. ``LocalKafka`` then
-runs ``kafka.Kafka`` from that folder with the machine's Java (17+).
+their sha256, in ``devenv/kafka-<version>.sha256`` (a lock file). ``provision()`` fetches
+the jars with Maven itself (``mvn dependency:copy-dependencies`` on a generated pom that
+names exactly the locked coordinates), so a user's ``~/.m2/settings.xml`` mirrors, proxies
+and credentials apply and the local Maven repository is reused; it then checks every jar
+against the lock file's sha256 and caches the set under ``cache_dir()/kafka/<version>/libs``;
+a second call returns at once. Only when ``mvn`` is not installed does it download the jars
+directly from ``$MFU_MAVEN_REPO`` (default Maven Central), and it says so. ``LocalKafka``
+then runs ``kafka.Kafka`` from that folder with the machine's Java (17+).
 
 Regenerate the lock file for another version with Maven (checksums checked strictly):
 ``python -m devenv.kafka lock 4.1.1``.
@@ -28,7 +32,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +44,11 @@ SCALA_BINARY = "2.13"
 # The broker logs through slf4j 1.x; this binding sends it to log4j2 (what Kafka's own
 # distribution ships), so the broker's log file says why it stopped.
 LOG4J_SLF4J = "org.apache.logging.log4j:log4j-slf4j-impl:2.24.3"
+# Used only by the direct-download fallback (no mvn on the machine); with mvn the user's
+# own Maven configuration decides where artifacts come from.
 DEFAULT_MAVEN_REPO = "https://repo1.maven.org/maven2"
+# Pinned so the copy goal behaves the same whatever Maven's default binding is.
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 DEFAULT_HEAP = "512m"
 JAVA_CANDIDATES = ("/usr/lib/jvm/java-17-openjdk-amd64", "/usr/lib/jvm/java-17-openjdk-arm64")
 MIN_JAVA = 17
@@ -110,11 +117,15 @@ def libs_dir(version: str = KAFKA_VERSION) -> Path:
     return cache_dir() / "kafka" / version / "libs"
 
 
-def provision(progress: Progress = print, version: str = KAFKA_VERSION) -> Path:
-    """Download (once) and verify the broker's jars; return the folder holding them.
+def provision(progress: Progress = print, version: str = KAFKA_VERSION, *,
+              maven_repo_local: Path | None = None) -> Path:
+    """Fetch (once) and verify the broker's jars; return the folder holding them.
 
-    Every jar is checked against the committed sha256 lock file. The cached folder carries
-    a marker naming the lock file's digest, so a changed lock file provisions again.
+    With ``mvn`` on PATH the jars come through Maven (``maven_repo_local`` overrides its
+    local repository, default Maven's own, ``~/.m2/repository``); without it, by direct
+    download. Every jar is checked against the committed sha256 lock file either way.
+    The cached folder carries a marker naming the lock file's digest, so a changed lock
+    file provisions again.
     """
     jars = read_lock(version)
     target = libs_dir(version)
@@ -126,14 +137,21 @@ def provision(progress: Progress = print, version: str = KAFKA_VERSION) -> Path:
     with file_lock(target.parent / ".provision.lock"):
         if marker.is_file() and marker.read_text().strip() == lock_digest:
             return target  # another process provisioned it while we waited
-        repo = os.environ.get("MFU_MAVEN_REPO", DEFAULT_MAVEN_REPO)
-        progress(f"kafka {version}: downloading {len(jars)} jars from {repo}")
         started = time.monotonic()
         staging = Path(tempfile.mkdtemp(prefix="libs-", dir=target.parent))
         staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         try:
-            with ThreadPoolExecutor(max_workers=6) as pool:
-                sizes = list(pool.map(lambda jar: _download(jar, repo, staging), jars))
+            if shutil.which("mvn") is not None:
+                progress(f"kafka {version}: fetching {len(jars)} jars with mvn "
+                         "(your ~/.m2/settings.xml mirrors apply)")
+                sizes = _maven_copy(jars, staging, repo_local=maven_repo_local)
+            else:
+                repo = os.environ.get("MFU_MAVEN_REPO", DEFAULT_MAVEN_REPO)
+                progress(f"kafka {version}: mvn not found, downloading {len(jars)} jars "
+                         f"directly from {repo} (set MFU_MAVEN_REPO for a mirror, or "
+                         "install maven to use your Maven settings)")
+                with ThreadPoolExecutor(max_workers=6) as pool:
+                    sizes = list(pool.map(lambda jar: _download(jar, repo, staging), jars))
             marker_tmp = staging / ".verified"
             marker_tmp.write_text(lock_digest + "\n")
             if target.exists():
@@ -147,6 +165,69 @@ def provision(progress: Progress = print, version: str = KAFKA_VERSION) -> Path:
             f"in {time.monotonic() - started:.1f} s -> {target}"
         )
     return target
+
+
+def maven_pom(jars: list[LockedJar]) -> str:
+    """A pom whose dependencies are exactly ``jars`` (each with every transitive dependency
+    excluded: the lock file is the whole, already resolved, set)."""
+    deps = []
+    for jar in jars:
+        classifier = f"<classifier>{jar.classifier}</classifier>" if jar.classifier else ""
+        deps.append(
+            f"    <dependency><groupId>{jar.group}</groupId><artifactId>{jar.artifact}"
+            f"</artifactId><version>{jar.version}</version>{classifier}\n"
+            "      <exclusions><exclusion><groupId>*</groupId><artifactId>*</artifactId>"
+            "</exclusion></exclusions></dependency>\n"
+        )
+    return (
+        '<project xmlns="http://maven.apache.org/POM/4.0.0">\n'
+        "  <modelVersion>4.0.0</modelVersion>\n"
+        "  <groupId>local.mfu</groupId><artifactId>kafka-broker-jars</artifactId>"
+        "<version>1</version>\n  <packaging>pom</packaging>\n"
+        f"  <dependencies>\n{''.join(deps)}  </dependencies>\n</project>\n"
+    )
+
+
+def _maven_copy(jars: list[LockedJar], dest: Path, *, repo_local: Path | None = None) -> list[int]:
+    """Copy ``jars`` into ``dest`` with mvn (strict checksums), then check each sha256.
+
+    Returns the jar sizes in bytes. Raises KafkaError with mvn's own output when it fails
+    (an unreachable mirror, a missing artifact), or on a sha256 mismatch.
+    """
+    with tempfile.TemporaryDirectory(prefix="mfu-kafka-mvn-") as tmp:
+        work = Path(tmp)
+        (work / "pom.xml").write_text(maven_pom(jars))
+        command = [
+            "mvn", "-B", "-ntp", "-C", f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+            f"-DoutputDirectory={dest}", "-DexcludeTransitive=true", "-DincludeScope=runtime",
+        ]
+        if repo_local is not None:
+            command.insert(1, f"-Dmaven.repo.local={repo_local}")
+        done = subprocess.run(command, cwd=work, capture_output=True, text=True)
+    if done.returncode != 0:
+        errors = [line for line in done.stdout.splitlines() if "[ERROR]" in line]
+        raise KafkaError(
+            f"mvn could not fetch the Kafka jars (exit {done.returncode}); check the "
+            "mirrors/proxy in ~/.m2/settings.xml or your network:\n"
+            + "\n".join(errors[:15] or done.stdout.splitlines()[-15:]) + done.stderr[-1000:]
+        )
+    sizes = []
+    for jar in jars:
+        path = dest / jar.filename
+        if not path.is_file():
+            raise KafkaError(f"mvn reported success but {jar.filename} is not in {dest}")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != jar.sha256:
+            raise KafkaError(
+                f"sha256 mismatch for {jar.line().split()[1]} fetched by mvn: expected "
+                f"{jar.sha256}, got {digest}; your Maven mirror serves a different file "
+                "or the lock file is wrong"
+            )
+        sizes.append(path.stat().st_size)
+    extra = {p.name for p in dest.glob("*.jar")} - {j.filename for j in jars}
+    for name in extra:  # never put an unverified jar on the broker's classpath
+        (dest / name).unlink()
+    return sizes
 
 
 def _download(jar: LockedJar, repo: str, dest: Path, attempts: int = 3) -> int:
@@ -441,6 +522,23 @@ logger.cleaner.level = warn
 """
 
 
+def new_cluster_id(random_bytes: Callable[[int], bytes] = os.urandom) -> str:
+    """A KRaft cluster id: a random UUID in URL-safe base64, 22 characters.
+
+    Like Kafka's own ``Uuid.randomUuid()``, ids whose text starts with ``-`` are drawn
+    again: ``kafka-storage format -t -xyz`` reads such an id as an option and fails
+    ("argument --cluster-id/-t: expected one argument"), which happened on about one
+    fresh ``mfu dev up`` in 64 (the first character is ``-`` for 4 of 256 first bytes).
+    """
+    while True:
+        raw = bytearray(random_bytes(16))
+        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4 and RFC 4122 variant, as uuid4()
+        raw[8] = (raw[8] & 0x3F) | 0x80
+        text = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
+
+
 class LocalKafka:
     """One Kafka broker+controller (KRaft) on 127.0.0.1, data and log under ``data_dir``.
 
@@ -602,7 +700,7 @@ class LocalKafka:
         (self.data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
 
     def _format(self, jvm: list[str]) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = new_cluster_id()
         command = [*jvm, "kafka.tools.StorageTool", "format", "--standalone",
                    "-t", cluster_id, "-c", str(self.properties_path)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)

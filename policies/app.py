@@ -25,6 +25,7 @@ import faust
 
 from mfu.config import InfluxSettings, KafkaSettings
 from mfu.events import CloudEvent, MfuWindow, parse_events
+from mfuio.health import PipelineMetrics, PoliciesHealthSettings, faust_lag, serve
 from policies.annotations import policy_line
 from policies.cloudevents import subject_of
 from policies.reload import RulesSource
@@ -38,18 +39,22 @@ class Annotator:
     """Best-effort copy of policy events to InfluxDB (a few tries, then log and go on: an
     InfluxDB outage must not hold back decisions that autoscalers wait for)."""
 
-    def __init__(self, influx: InfluxSettings) -> None:
+    def __init__(self, influx: InfluxSettings, metrics: PipelineMetrics | None = None) -> None:
         from streams.influx import InfluxWriter
 
-        self.writer = InfluxWriter(influx)
+        observe = metrics.influx_observer if metrics is not None else None
+        self.writer = InfluxWriter(influx, observe=observe)
+        self.metrics = metrics
         self.failed = 0
 
     async def write(self, events: list[CloudEvent]) -> None:
         lines = [policy_line(ev) for ev in events]
         try:
-            await asyncio.get_running_loop().run_in_executor(
+            result = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: self.writer.write_lines(lines, max_attempts=3)
             )
+            if result.rejected and self.metrics is not None:
+                self.metrics.influx_rejected(len(result.rejected))
         except Exception as exc:
             self.failed += len(lines)
             log.warning("event=annotation_failed points=%d error=%s", len(lines),
@@ -58,12 +63,18 @@ class Annotator:
 
 def build_app(
     settings: PolicySettings, kafka: KafkaSettings, rules: RulesSource | None = None,
-    influx: InfluxSettings | None = None,
+    influx: InfluxSettings | None = None, metrics: PipelineMetrics | None = None,
+    health: PoliciesHealthSettings | None = None,
 ) -> faust.App:
-    """The policies Faust app (not started). ``rules`` defaults to the settings' file."""
+    """The policies Faust app (not started). ``rules`` defaults to the settings' file;
+    ``metrics`` (default: a new one, served when ``MFU_POLICIES_METRICS_PORT`` is set) is
+    the stage's health (see mfuio.health), reachable as ``app.mfu_metrics``."""
     rules = rules or RulesSource(settings.rules_file, settings.source)
     influx = influx or InfluxSettings()
-    annotator = Annotator(influx) if settings.influx_annotations and influx.enabled else None
+    metrics = metrics or PipelineMetrics("policies")
+    health = health or PoliciesHealthSettings()
+    annotator = (Annotator(influx, metrics)
+                 if settings.influx_annotations and influx.enabled else None)
     partitions = settings.partitions or kafka.partitions
     app = make_app(settings.app_id, kafka, partitions=partitions, data_dir=settings.data_dir)
     out = app.topic(settings.policy_topic, partitions=partitions)
@@ -77,9 +88,11 @@ def build_app(
             await out.maybe_declare()
             declared = True
 
-    async def handle(scope: str, table: Any, value: bytes) -> None:
+    async def handle(scope: str, table: Any, value: bytes, topic: str) -> None:
         windows, rejected = parse_events(value, MfuWindow)
+        metrics.event_in(topic, len(windows))
         for bad in rejected:
+            metrics.dead_letter(bad.reason)
             log.warning("event=input_rejected scope=%s reason=%r", scope, bad.reason)
         for w in windows:
             if w.scope != scope:
@@ -89,6 +102,7 @@ def build_app(
                 continue
             subject = subject_of(w.scope, w.key)
             result = rules.engine.process(w, table.get(subject))
+            metrics.rule_evaluated(scope)
             if result.duplicate:
                 log.debug(
                     "event=duplicate_window subject=%s window_start=%s", subject, w.window_start
@@ -99,6 +113,8 @@ def build_app(
             for ev in result.events:
                 # Wait for the broker's ack: the state below records the decision as made.
                 await (await out.send(key=ev.subject.encode(), value=ev.to_json()))
+                metrics.event_out(settings.policy_topic)
+                metrics.policy_event(ev.type)
                 log.info(
                     "event=policy_emitted type=%s subject=%s status=%s incident=%s",
                     ev.type,
@@ -115,9 +131,10 @@ def build_app(
         # JSON serialisation.
         table = app.Table(f"state-{scope}", default=None, partitions=partitions)
 
-        async def agent(stream: AsyncIterable[bytes], scope: str = scope, table: Any = table):
+        async def agent(stream: AsyncIterable[bytes], scope: str = scope, table: Any = table,
+                        topic: str = topic_name):
             async for value in stream:
-                await handle(scope, table, value)
+                await handle(scope, table, value, topic)
 
         app.agent(app.topic(topic_name), name=f"policies-{scope}")(agent)
 
@@ -130,6 +147,18 @@ def build_app(
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, rules.maybe_reload, True)
 
+    # --- the stage's own health (mfuio.health) ---
+    @app.task
+    async def serve_health() -> None:
+        metrics.add_lag_source(lambda: faust_lag(app, settings.input_topics().values()))
+        serve(metrics, health)
+        metrics.set_ready()
+
+    @app.on_partitions_assigned.connect
+    async def count_rebalance(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        metrics.rebalance()
+
+    app.mfu_metrics = metrics  # type: ignore[attr-defined]
     return app
 
 

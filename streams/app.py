@@ -37,10 +37,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mfu import peaks, topics
 from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
 from mfu.events import DeadLetter, FlopReport, GpuSample, MfuWindow, Rejected
+from mfuio.health import PipelineMetrics, StreamsHealthSettings, faust_lag, serve
+from mfuio.sinks import SinkContext, SinkSettings, build_sinks
 from streams.aggregate import Marker, Partial
 from streams.decode import decode
 from streams.faustapp import make_app
-from streams.influx import InfluxWriter
+from streams.influx import InfluxConfigError
 from streams.stages import NEG_INF, Closed, NodeStage, Progress, RollupStage
 
 log = logging.getLogger("mfu.streams")
@@ -111,7 +113,17 @@ class Runtime:
         self.s = settings
         self.windows = windows
         self.n_partitions = kafka.partitions
-        self.writer = InfluxWriter(influx) if influx.enabled else None
+        # The stage's own health (mfuio.health): served by build_app's serve_health task.
+        self.metrics = PipelineMetrics("streams")
+        self.health = StreamsHealthSettings()
+        # Where closed windows go besides the output topics (MFU_STREAMS_SINKS, mfuio.sinks).
+        self.sinks = build_sinks(SinkSettings(), SinkContext(
+            influx=influx, kafka=kafka, metrics=self.metrics,
+            metrics_port=self.health.metrics_port))
+        for sink in self.sinks.sinks:
+            writer = getattr(sink, "writer", None)
+            if writer is not None:
+                self.metrics.add_backlog_source(lambda w=writer: w.backlog_points)
         self.node: dict[int, _PartitionState] = {}
         self.rollup: dict[int, _PartitionState] = {}
         # The node-stage agent and the idle timer share per-partition state: one at a time.
@@ -161,8 +173,10 @@ class Runtime:
         for tp in tps:
             if tp.topic == self.s.telemetry_topic:
                 self.node.pop(tp.partition, None)
+                self.metrics.forget_partition("node", tp.partition)
             elif tp.topic == self.s.partials_topic:
                 self.rollup.pop(tp.partition, None)
+                self.metrics.forget_partition("rollup", tp.partition)
 
     async def _persist(self, kind: str, partition: int, st: _PartitionState) -> None:
         key = f"{kind}:{partition}".encode()
@@ -191,6 +205,7 @@ class Runtime:
                 ts=time.time(), partition=message.partition, offset=message.offset,
             )
             futs.append(await self.deadletter.send(key=message.key, value=rec.to_json()))
+            self.metrics.dead_letter(r.reason)
             log.info("dead-lettered event", extra={"topic": message.topic, "reason": r.reason})
         self.counters["deadletter"] += len(rejected)
         return futs
@@ -202,15 +217,36 @@ class Runtime:
             for rec in c.records:
                 futs.append(await self.outputs[rec.scope].send(key=rec.key.encode(),
                                                                 value=rec.to_json()))
+                self.metrics.event_out(getattr(self.s, f"{rec.scope}_topic"))
                 records.append(rec)
             for p in c.partials:
                 futs.append(await self.partials.send(
                     key=f"{p.scope}:{p.key}".encode(),
                     value=p.model_dump_json(by_alias=True).encode(),
                 ))
-        if records and self.writer is not None:
-            # Blocking, retrying write off the event loop: an outage delays, never drops.
-            await asyncio.get_running_loop().run_in_executor(None, self.writer.write, records)
+        if records and self.sinks.sinks:
+            # Blocking, retrying writes off the event loop: an outage delays, never drops.
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    None, self.sinks.write, records)
+            except InfluxConfigError as exc:  # wrong token/bucket: no retry can help
+                # A clear stop: say what to fix and end the worker (its input stays
+                # un-acked and is replayed once the setting is fixed).
+                self.metrics.fail(str(exc))
+                log.critical("influxdb refused the configuration; stopping: %s", exc)
+                await self.app.crash(exc)
+                raise
+            # Records a sink refused as bad (InfluxDB 400/422/413, Kafka too large):
+            # dead-lettered with the reason, the rest is written.
+            self.metrics.influx_rejected(sum(r.sink == "influxdb" for r in result.rejected))
+            for rej in result.rejected:
+                rec = rej.record
+                dead = DeadLetter(event_id=f"{rej.sink}:{rec.event_id}", reason=rej.reason,
+                                  source_topic=getattr(self.s, f"{rec.scope}_topic"),
+                                  original=rec.to_json().decode(), ts=time.time())
+                futs.append(await self.deadletter.send(key=rec.key.encode(),
+                                                       value=dead.to_json()))
+                self.metrics.dead_letter(rej.reason)
         self.counters["records"] += len(records)
         return futs
 
@@ -243,6 +279,8 @@ class Runtime:
         await self._persist("node", partition, st)
         self._ack_through(st, starts[-1] if starts else NEG_INF)
         self._pause_idle_clocks(time.monotonic() - started)
+        if starts:
+            self.metrics.window_closed("node", partition, starts[-1] + self.windows.size_s)
 
     async def close_rollup_windows(self, partition: int, st: _PartitionState,
                                    starts: list[float]) -> None:
@@ -252,6 +290,8 @@ class Runtime:
         await asyncio.gather(*futs)
         await self._persist("rollup", partition, st)
         self._ack_through(st, starts[-1] if starts else NEG_INF)
+        if starts:
+            self.metrics.window_closed("rollup", partition, starts[-1] + self.windows.size_s)
 
     # --- input -------------------------------------------------------------------
 
@@ -328,11 +368,13 @@ class Runtime:
                     good, topic=message.topic, offset=message.offset, now=now)
                 self.counters["duplicates"] += duplicates
         self.counters["events"] += len(good)
+        self.metrics.event_in(message.topic, len(good))
         if bad:
             futs += await self._dead_letter(bad, message)
         for ev in late:
             futs.append(await self.late.send(key=message.key, value=ev.to_json()))
         self.counters["late"] += len(late)
+        self.metrics.late(message.topic, len(late))
         st.pending.append((NEG_INF if max_ws is None else max_ws, event))
         if st.idle:
             # Resuming: tell the roll-up at once to wait for this partition again, before
@@ -506,5 +548,14 @@ def build_app(
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         rt.forget(assigned)  # restored from the progress table on first use
+        rt.metrics.rebalance()
+
+    # --- the stage's own health (mfuio.health), on MFU_STREAMS_METRICS_PORT ---
+    @app.task
+    async def serve_health() -> None:
+        inputs = (settings.telemetry_topic, settings.flops_topic, settings.partials_topic)
+        rt.metrics.add_lag_source(lambda: faust_lag(app, inputs))
+        serve(rt.metrics, rt.health)
+        rt.metrics.set_ready()
 
     return app, rt

@@ -15,6 +15,8 @@ from agents.settings import AgentSettings
 from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
 from mfu.events import CloudEvent, FlopSources, MfuWindow
 from mfucli.main import build_parser
+from mfuio.health import PipelineMetrics, PoliciesHealthSettings, StreamsHealthSettings
+from mfuio.sinks import SinkSettings
 from policies.annotations import policy_line
 from policies.settings import PolicySettings
 from streams.app import StreamSettings
@@ -22,7 +24,7 @@ from streams.influx import point_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = [KafkaSettings, InfluxSettings, WindowSettings, StreamSettings, PolicySettings,
-            AgentSettings]
+            AgentSettings, StreamsHealthSettings, PoliciesHealthSettings, SinkSettings]
 
 
 def known_env_names() -> set[str]:
@@ -120,3 +122,61 @@ def test_dockerfile_copies_every_package() -> None:
     packages = re.search(r"include = \[(.*?)\]", pyproject).group(1)
     for pkg in re.findall(r'"(\w+)\*"', packages):
         assert f"COPY {pkg} ./{pkg}" in text
+
+
+def _exported_metric_names() -> set[str]:
+    """Every sample name mfuio.health exports once each API has been called."""
+    from prometheus_client import generate_latest
+
+    m = PipelineMetrics("streams")
+    m.event_in("t")
+    m.event_out("t")
+    m.dead_letter("r: x")
+    m.late("t")
+    m.rebalance()
+    m.window_closed("node", 0, 1.0)
+    m.rule_evaluated("workload")
+    m.policy_event("io.mfu.drift.v1")
+    m.influx_observer("ok", 0.01, 1)
+    m.influx_rejected(1)
+    m.add_lag_source(lambda: [("t", 0, 1.0)])
+    text = generate_latest(m.registry).decode()
+    return set(re.findall(r"^(mfu_pipeline_\w+)", text, re.M))
+
+
+def test_pipeline_health_dashboard_queries_exported_metrics() -> None:
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/pipeline-health.json").read_text())
+    datasources = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text())
+    (prom,) = datasources["datasources"]
+    exprs = []
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == prom["uid"]
+        exprs += [t["expr"] for t in panel["targets"]]
+    queried = {name for e in exprs for name in re.findall(r"mfu_pipeline_\w+", e)}
+    exported = _exported_metric_names()
+    assert len(queried) >= 12 and queried <= exported, sorted(queried - exported)
+
+
+def test_health_ports_agree_across_compose_prometheus_and_k8s() -> None:
+    env = compose()["x-mfu-env"]
+    ports = {"streams": int(env["MFU_STREAMS_METRICS_PORT"]),
+             "policies": int(env["MFU_POLICIES_METRICS_PORT"])}
+    assert "prometheus" in compose()["services"]
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    found = {job["job_name"].removeprefix("mfu-"): job["dns_sd_configs"][0]["port"]
+             for job in scrape["scrape_configs"]}
+    assert found == ports
+    for doc in k8s_docs():
+        if doc["kind"] != "Deployment":
+            continue
+        stage = doc["metadata"]["name"].removeprefix("mfu-")
+        annotations = doc["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        (c,) = _containers(doc)
+        env_port = {e["name"]: e["value"] for e in c["env"]}[
+            f"MFU_{stage.upper()}_METRICS_PORT"]
+        assert int(annotations["prometheus.io/port"]) == int(env_port) == ports[stage]
+        assert {p["containerPort"] for p in c["ports"]} == {ports[stage]}
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"

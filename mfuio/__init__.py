@@ -1,0 +1,1 @@
+"""Shared I/O of the stream and policies stages: health endpoint and sinks."""
