@@ -7,20 +7,14 @@ over long runs: false alarms per rule and workload, detection delays.
       -> streams.stages.RollupStage (one source)        workload and fleet windows
       -> policies.engine.Engine (state per subject)     CloudEvents
 
-Run it: ``python -m tests.policies_mix --duration-s 3600`` (prints the numbers).
+Run it: ``python -m tests.policies_mix --duration-s 3600`` (prints the numbers; the
+default fleet is the demo's: 16 nodes x 8, H100 and A100 nodes alternating, seed 7).
 
-Stand-ins until the stream stage computes the DESIGN.md §8 fields itself: a workload
-window without ``flop_sources`` gets them from the simulator's layout (a reporting
-archetype's GPU-seconds are ``reported``, the idle archetype's ``idle``), and ``ofu``
-from its ``tensor_active`` (the simulator runs at the maximum SM clock, so tensor-pipe
-activity x clock ratio = tensor_active) where its precision runs on the tensor cores.
-A window that already carries these fields is left as it is.
-
-Un-instrumented tenants (``silent``): their FLOP reports are dropped before the stream
-stage, and their windows get what the §8 accounting gives a busy GPU without reports:
-``mfu`` null, ``coverage`` 0, ``flop_sources.counters`` (or ``none`` without tensor
-counters) and ``mfu_estimated`` = OFU (which over-states model FLOPs by the job's
-overhead: 25 % in the simulator).
+No stand-ins: every DESIGN.md §8 field a rule reads (``flop_sources``, ``coverage``,
+``ofu``, ``mfu_estimated``, ``mbu``, ``regime``) is what the stream stages compute from the
+simulator's samples and reports. The simulator has its own un-instrumented tenants, engine
+reporters and buggy reporter (``moe-train-*``, 2x); ``silent`` and ``over_count`` only add
+scenarios on top (drop a workload's reports before the stage; multiply them).
 """
 
 from __future__ import annotations
@@ -34,8 +28,7 @@ from typing import Any
 
 from agents.simulator import FleetSimulator
 from mfu.config import WindowSettings
-from mfu.events import CloudEvent, FlopSources, MfuWindow
-from mfu.peaks import TENSOR_PRECISIONS
+from mfu.events import CloudEvent, MfuWindow
 from policies.engine import Engine
 from policies.rules import RulesConfig
 from streams.aggregate import Marker
@@ -88,41 +81,19 @@ def sim_windows(
     yield from close(node.flush_idle())
 
 
-def with_stand_ins(
-    w: MfuWindow, sim: FleetSimulator, silent: frozenset[str] = frozenset()
-) -> MfuWindow:
-    """``flop_sources`` and ``ofu`` for a workload window that lacks them (see module)."""
-    if w.scope != "workload" or w.flop_sources is not None:
-        return w
-    sw = sim.workloads.get(w.key)
-    if sw is None:
-        return w
-    counters = w.tensor_active is not None and sw.precision in TENSOR_PRECISIONS
-    if w.key in silent and sw.archetype.reports:
-        ofu = w.tensor_active if counters else None
-        sources = FlopSources(counters=w.gpu_seconds) if counters else FlopSources(
-            none=w.gpu_seconds)
-        return w.model_copy(update={
-            "mfu": None, "mfu_reason": "no FLOP reports: busy GPU-seconds are unknown",
-            "flop_sources": sources, "coverage": 0.0, "ofu": ofu, "mfu_estimated": ofu})
-    sources = (
-        FlopSources(reported=w.gpu_seconds)
-        if sw.archetype.reports
-        else FlopSources(idle=w.gpu_seconds)
-    )
-    ofu = w.ofu
-    if ofu is None and w.tensor_active is not None and sw.precision in TENSOR_PRECISIONS:
-        ofu = w.tensor_active
-    return w.model_copy(update={"flop_sources": sources, "ofu": ofu, "coverage": 1.0})
+DEMO_GPU_MODELS = ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB")  # mfu simulate's
 
 
 @dataclass
 class MixResult:
-    """What the rules made of one run."""
+    """What the rules made of one run, and the windows they saw."""
 
     windows: Counter[str] = field(default_factory=Counter)  # scope -> windows evaluated
     opens: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rule, subject)
     events: list[CloudEvent] = field(default_factory=list)
+    # workload -> its windows in close order (the fields the checks read; slim copies)
+    workload_windows: dict[str, list[MfuWindow]] = field(default_factory=dict)
+    fleet_windows: list[MfuWindow] = field(default_factory=list)
     seconds: float = 0.0
 
     def first_open(self, rule: str, subject: str) -> CloudEvent | None:
@@ -135,24 +106,48 @@ class MixResult:
         skip = set(exclude)
         return {s: n for (r, s), n in self.opens.items() if r == rule and s not in skip}
 
+    def subjects_of(self, rule: str) -> set[str]:
+        """Workload keys that got any event (open, report) of ``rule``."""
+        return {e.data["key"] for e in self.events
+                if e.data["rule"] == rule and e.data["scope"] == "workload"}
+
+    def first_fully_reported(self, workload: str, share: float = 1.0) -> MfuWindow | None:
+        """The workload's first window whose GPU-seconds are covered by reports (SDK or
+        engine) to at least ``share``."""
+        for w in self.workload_windows.get(workload, []):
+            fs = w.flop_sources
+            if fs is not None and w.gpu_seconds > 0 and (
+                    fs.reported + fs.engine) >= share * w.gpu_seconds - 1e-9:
+                return w
+        return None
+
+
+KEEP = ("scope", "key", "window_start", "window_end", "mfu", "achieved_flops", "peak_flops",
+        "gpu_seconds", "gpus", "sm_util", "tensor_active", "precision", "phase",
+        "flop_sources", "coverage", "ofu", "mfu_estimated", "estimated_flops", "mbu",
+        "regime", "achieved_bytes", "peak_bytes")
+
 
 def run_mix(
     config: RulesConfig,
     *,
-    nodes: int = 8,
+    nodes: int = 16,
     gpus_per_node: int = 8,
+    gpu_models: tuple[str, ...] = DEMO_GPU_MODELS,
     duration_s: float = 3600.0,
-    interval_s: float = 1.0,
+    interval_s: float = 2.0,
     seed: int = 7,
     drift_at_s: float | None = 1800.0,
     drift_fraction: float = 0.3,
     over_count: dict[str, float] | None = None,
     silent: frozenset[str] = frozenset(),
+    keep_windows: bool = True,
 ) -> tuple[FleetSimulator, MixResult]:
-    """Simulate, window and evaluate; returns the simulator (for its layout) and the
-    result. The drifting workload is the simulator's default (the first LLM training)."""
+    """Simulate, window and evaluate; returns the simulator (for its layout and ground
+    truth) and the result. The drifting workload is the simulator's default (the first
+    LLM training). Defaults: the demo's fleet with ``--fast``-style 2-s samples."""
     sim = FleetSimulator(
-        nodes, gpus_per_node, seed=seed, interval_s=interval_s, start_ts=T0,
+        nodes, gpus_per_node, gpu_models, seed=seed, interval_s=interval_s, start_ts=T0,
         drift_at_s=drift_at_s, drift_fraction=drift_fraction,
     )
     eng = Engine(config)
@@ -160,17 +155,30 @@ def run_mix(
     out = MixResult()
     started = time.perf_counter()
     for w in sim_windows(sim, duration_s, over_count=over_count, silent=silent):
-        w = with_stand_ins(w, sim, silent)
         subject = f"{w.scope}/{w.key}"
         result = eng.process(w, states.get(subject))
         states[subject] = result.state
         out.windows[w.scope] += 1
+        if keep_windows and w.scope in ("workload", "fleet"):
+            slim = MfuWindow.model_construct(**{k: getattr(w, k) for k in KEEP})
+            if w.scope == "fleet":
+                out.fleet_windows.append(slim)
+            else:
+                out.workload_windows.setdefault(w.key, []).append(slim)
         for e in result.events:
             out.events.append(e)
             if e.data["status"] == "open":
                 out.opens[(e.data["rule"], e.subject)] += 1
     out.seconds = time.perf_counter() - started
     return sim, out
+
+
+def windows_between(first: MfuWindow | None, e: CloudEvent | None,
+                    window_s: float = 10.0) -> int | None:
+    """Windows from ``first`` to the event's window, both counted."""
+    if first is None or e is None:
+        return None
+    return round((e.data["windows"]["end"] - first.window_start) / window_s)
 
 
 def delay_windows(e: CloudEvent | None, change_s: float, window_s: float = 10.0) -> int | None:

@@ -169,9 +169,43 @@ class BusyInefficientEvaluator(EpisodeEvaluator):
                 }
             )
         precision = self.precision_hint(w)
+        if precision is None:
+            precision = self.vector_pipe_hint(w)
         if precision is not None:
             hints.append(precision)
         return hints
+
+    def vector_pipe_hint(self, w: MfuWindow) -> dict[str, Any] | None:
+        """The precision hint from the counters, for a window whose reports do not name
+        the precision (a tenant without the SDK): the tensor pipe idle
+        (``tensor_active <= 0.02``) while OFU, which adds the FP32/FP64 pipes' FLOPs, shows
+        at least twice the tensor pipe's share plus half a point: the math runs on the
+        vector pipes, i.e. fp32 (or fp64) on a GPU whose catalog has tensor-core
+        precisions at least twice as fast."""
+        if w.precision in ("fp32", "tf32") or w.tensor_active is None or w.ofu is None:
+            return None
+        if w.tensor_active > 0.02 or w.ofu < 2.0 * w.tensor_active + 0.005:
+            return None
+        if self.rule.hints.tensor_core_gpus is not None:
+            if w.gpu_model is not None and not any(
+                    fnmatch.fnmatchcase(w.gpu_model, g) for g in self.rule.hints.tensor_core_gpus):
+                return None
+            faster: list[tuple[str, float]] = []
+        else:
+            faster = faster_precisions(w.gpu_model, "fp32")
+            if not faster:
+                return None
+        gains = ", ".join(f"{p} {ratio:.1f}x" for p, ratio in faster)
+        return {
+            "hint": "precision",
+            "detail": f"tensor cores idle ({w.tensor_active:.0%} active) while the FP32/FP64 "
+            f"pipes do the math (OFU {w.ofu:.1%}): fp32 on a tensor-core GPU"
+            f"{' (' + w.gpu_model + ')' if w.gpu_model else ''}; bf16/fp16 (or tf32) raises "
+            "the achievable FLOP/s" + (f" (dense peak vs fp32: {gains})" if gains else ""),
+            "precision": None,
+            "inferred_from": "counters",
+            "faster_precisions": {p: _r(ratio, 2) for p, ratio in faster},
+        }
 
     def precision_hint(self, w: MfuWindow) -> dict[str, Any] | None:
         """fp32/tf32 on a GPU whose catalog lists a much faster tensor-core precision."""
