@@ -8,9 +8,8 @@ from agents.simulator import FleetSimulator
 from mfu.events import MfuWindow
 from policies.engine import Engine
 from policies.rules import DEFAULT_RULES_PATH, load_rules, parse_rules
-from tests.policies_mix import DEMO_GPU_MODELS
+from tests.policies_mix import DEMO_GPU_MODELS, delay_windows, run_mix, windows_between
 from tests.policies_mix import T0 as MIX_T0
-from tests.policies_mix import delay_windows, run_mix, windows_between
 
 T0 = 1_700_000_000.0
 RULES = """
