@@ -43,6 +43,7 @@ from typing import Any, Protocol
 from agents.nvml import sample_event_id
 from mfu import peaks
 from mfu.events import FlopReport, GpuSample, Parallelism
+from mfu.ofu import reference_clocks as pipe_reference_clocks
 from mfu.topics import FLOPS, TELEMETRY
 
 DEFAULT_MODELS = ("NVIDIA H100 80GB HBM3",)
@@ -718,25 +719,32 @@ class FleetSimulator:
             if w is not None else 0.0
         tensor = fp16 = fp32 = fp64 = dram = None
         if hw.gpm:
-            # Physics: pipe activity = FLOP/s the pipe did / what it can do at this clock
-            # (dense peak x sm_clock / max_clock); DRAM activity = bytes/s / peak bandwidth.
-            ratio = clock / hw.max_sm_clock_mhz
+            # Physics: pipe activity = FLOP/s the pipe did / what it can do at this clock;
+            # DRAM activity = bytes/s / peak bandwidth. A pipe's FLOPs per clock are fixed,
+            # so at clock f it can do dense peak x f / (the clock that peak assumes: the
+            # catalog's tensor clock for the tensor pipe, boost for the vector pipes),
+            # capped at the peak (the datasheet peak is the ceiling). (It was f / max
+            # clock: on an H100, whose tensor peak assumes 1830 MHz, not its 1980 MHz
+            # maximum, that under-stated the pipe by up to 7.6 % below 1830 MHz.)
+            t_ref, v_ref = pipe_reference_clocks(dev.gpu_name)
+            ratio = min(1.0, clock / (t_ref or hw.max_sm_clock_mhz))
+            v_ratio = min(1.0, clock / (v_ref or hw.max_sm_clock_mhz))
             tensor_flops = hardware_flops * arch.tensor_share
             vector_flops = hardware_flops - tensor_flops
             tensor_peak = dev.peak(arch.precision) if arch.tensor_share > 0 else 1.0
             fp16_flops = vector_flops * VECTOR_FP16_SHARE if arch.tensor_share > 0 else 0.0
             fp32_flops = vector_flops - fp16_flops
 
-            def active(done: float, peak_flops_per_s: float, stream: int) -> float:
+            def active(done: float, peak_flops_per_s: float, r: float, stream: int) -> float:
                 if done <= 0:
                     return 0.0
-                x = done / (peak_flops_per_s * ratio * dt)
+                x = done / (peak_flops_per_s * r * dt)
                 return min(max(x * (1.0 + COUNTER_NOISE * _normal(key, tick, stream)), 0.0), 1.0)
 
-            tensor = active(tensor_flops, tensor_peak, 20)
+            tensor = active(tensor_flops, tensor_peak, ratio, 20)
             # vector (non-tensor) FP16 runs at twice the FP32 rate on Hopper
-            fp16 = active(fp16_flops, 2.0 * dev.peak("fp32"), 23)
-            fp32 = active(fp32_flops, dev.peak("fp32"), 26)
+            fp16 = active(fp16_flops, 2.0 * dev.peak("fp32"), v_ratio, 23)
+            fp32 = active(fp32_flops, dev.peak("fp32"), v_ratio, 26)
             fp64 = 0.0
             dram = min(max(model_bytes * DRAM_OVERHEAD / (dev.peak_bytes_per_s() * dt)
                            * (1.0 + COUNTER_NOISE * _normal(key, tick, 29)), 0.0), 1.0)

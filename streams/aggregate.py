@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from mfu.events import FlopReport, FlopSources, GpuSample, MfuWindow, Parallelism
-from mfu.ofu import IDLE_SM_UTIL, IDLE_TENSOR_ACTIVE, ofu_flops
+from mfu.ofu import IDLE_SM_UTIL, IDLE_TENSOR_ACTIVE, ofu_flops, reference_clocks
 from mfu.peaks import peak_bytes_per_s, peak_flops_per_s
 from mfu.roofline import regime as roofline_regime
 
@@ -359,9 +359,17 @@ class NodeWindow:
             else:
                 g.none_s += overlap_s
         else:
+            # Clock ratio per pipe against the clock its datasheet peak assumes (the
+            # tensor clock for the tensor pipe, boost for FP32/FP64; mfu.ofu docstring).
             clk = s.sm_clock_mhz
-            mx = s.max_sm_clock_mhz
-            w_s = overlap_s if clk is None or not mx or clk >= mx else clk / mx * overlap_s
+            if clk is None:
+                w_s = w_v = overlap_s
+            else:
+                t_ref, v_ref = reference_clocks(s.gpu_name)
+                t_ref = t_ref or s.max_sm_clock_mhz
+                v_ref = v_ref or s.max_sm_clock_mhz
+                w_s = overlap_s if not t_ref or clk >= t_ref else clk / t_ref * overlap_s
+                w_v = overlap_s if not v_ref or clk >= v_ref else clk / v_ref * overlap_s
             g.pipe_s += overlap_s
             if sm is not None:
                 idle = sm <= IDLE_SM_UTIL and (ta is None or ta <= IDLE_TENSOR_ACTIVE)
@@ -377,12 +385,12 @@ class NodeWindow:
                 if idle:
                     g.i_tensor_eff_s += te
             if f32 is not None:
-                e32 = f32 * w_s
+                e32 = f32 * w_v
                 g.fp32_eff_s += e32
                 if idle:
                     g.i_fp32_eff_s += e32
             if f64 is not None:
-                e64 = f64 * w_s
+                e64 = f64 * w_v
                 g.fp64_eff_s += e64
                 if idle:
                     g.i_fp64_eff_s += e64

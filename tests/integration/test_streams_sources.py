@@ -44,6 +44,9 @@ F32 = peak_flops_per_s(H100, "fp32")
 B = peak_bytes_per_s(H100)
 PM = peak_flops_per_s(H100, "bf16", mig_profile="3g.40gb")
 BM = peak_bytes_per_s(H100, mig_profile="3g.40gb")
+# g3's tensor FLOPs: 10 s x 0.4 at 990 MHz against the 1830 MHz the H100's tensor peak
+# assumes (mfu.ofu): 4 x 990/1830 P.
+G3T = 10 * 0.4 * 990 / 1830 * P
 
 
 def feed(sfx: str) -> tuple[dict[str, str], list[list[Event]]]:
@@ -161,10 +164,10 @@ def test_records_carry_sources_estimate_bandwidth_energy(outputs) -> None:
         {"reported": 15.0, "engine": 10.0, "idle": 10.0, "counters": 15.0, "none": 10.0})
     assert node["coverage"] == approx(35 / 60)
     assert node["mfu"] == approx((6 * P + 1.5 * PM) / (30 * P + 5 * PM))
-    est = 2 * P + 0.5 * F32 + 2.5 * PM  # g3: 10 s x 0.4 x 990/1980 at P + fp32; S2's half
+    est = G3T + 0.5 * F32 + 2.5 * PM  # g3: tensor G3T + fp32 0.1 x 990/1980 at F32; S2's half
     assert node["estimated_flops"] == approx(est)
     assert node["mfu_estimated"] == approx((6 * P + 1.5 * PM + est) / (40 * P + 10 * PM))
-    assert node["ofu"] == approx((8 * P + 0.5 * F32 + 5 * PM) / (30 * P + 10 * PM))
+    assert node["ofu"] == approx((6 * P + G3T + 0.5 * F32 + 5 * PM) / (30 * P + 10 * PM))
     assert node["mbu"] == approx((5 * B + BM) / (10 * B + 5 * BM)) and node["regime"] == "memory"
     assert node["energy_j"] == approx(23000.0)
     assert node["flops_per_j"] == approx((6 * P + 1.5 * PM) / 15000.0)
@@ -188,7 +191,7 @@ def test_records_carry_sources_estimate_bandwidth_energy(outputs) -> None:
     assert e["achieved_bytes"] == approx(5 * B) and e["peak_bytes"] == approx(10 * B)
     c = records["workload"][names["C"]]
     assert c["mfu"] is None and "no GPU-seconds with known model FLOPs" in c["mfu_reason"]
-    assert c["mfu_estimated"] == approx((2 * P + 0.5 * F32) / (10 * P))
+    assert c["mfu_estimated"] == approx((G3T + 0.5 * F32) / (10 * P))
     n = records["workload"][names["N"]]
     assert n["mfu"] is None and n["mfu_estimated"] is None and _src(n)["none"] == approx(10.0)
     s1, s2 = records["workload"][names["S1"]], records["workload"][names["S2"]]

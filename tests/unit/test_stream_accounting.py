@@ -11,7 +11,7 @@ import pytest
 
 from mfu.config import WindowSettings
 from mfu.events import FlopReport, GpuSample, MfuWindow
-from mfu.ofu import classify, clock_ratio
+from mfu.ofu import classify, clock_ratio, pipe_clock_ratios, reference_clocks
 from mfu.peaks import peak_bytes_per_s, peak_flops_per_s
 from mfu.roofline import regime
 from streams.aggregate import NodeWindow, Partial, RollupWindow, finalize
@@ -24,6 +24,9 @@ P = peak_flops_per_s(H100, "bf16")  # 989.4e12
 F32 = peak_flops_per_s(H100, "fp32")  # 66.9e12
 B = peak_bytes_per_s(H100)  # 3.35e12
 PM = peak_flops_per_s(H100, "bf16", mig_profile="3g.40gb")  # 60/132 SMs of P
+# g3's tensor-pipe FLOPs over 10 s: activity 0.4 at 990 MHz against the 1830 MHz the
+# H100's tensor peak assumes (catalog tensor_clock_mhz; mfu.ofu): 4 x 990/1830 P = 2.164 P.
+G3T = 10 * 0.4 * 990 / 1830 * P
 BM = peak_bytes_per_s(H100, mig_profile="3g.40gb")  # 4/8 memory slices of B
 W = WindowSettings(size_s=10, grace_s=2, idle_timeout_s=5)
 
@@ -122,15 +125,17 @@ def test_node_mixing_all_five_sources() -> None:
     assert node.achieved_flops == pytest.approx(6 * P + 1.5 * PM)
     assert node.peak_flops == pytest.approx(30 * P + 5 * PM)
     assert node.mfu == pytest.approx((6 * P + 1.5 * PM) / (30 * P + 5 * PM))
-    # Estimate: g3 10 s x tensor 0.4 x clock 990/1980 at P + fp32 0.1 x 0.5 at F32 = 2P +
-    # 0.5 F32; S2: half of g5's counters seconds, 10 x 0.5 x 1 x PM / 2 = 2.5 PM.
-    est = 2 * P + 0.5 * F32 + 2.5 * PM
+    # Estimate: g3 10 s x tensor 0.4 x clock 990/1830 at P (G3T) + fp32 0.1 x 990/1980
+    # (the fp32 peak assumes the 1980 MHz boost clock) at F32 = G3T + 0.5 F32; S2: half of
+    # g5's counters seconds, 10 x 0.5 x 1 x PM / 2 = 2.5 PM.
+    est = G3T + 0.5 * F32 + 2.5 * PM
     assert node.estimated_flops == pytest.approx(est)
     assert node.mfu_estimated == pytest.approx(
         (6 * P + 1.5 * PM + est) / (30 * P + 5 * PM + 10 * P + 5 * PM))
-    # OFU over every GPU-second with pipe counters: g0 (6P), g2 (0), g3 (2P + 0.5 F32),
-    # g5 (10 x 0.5 x PM); peak 10 s x P x 3 + 10 s x PM.
-    assert node.ofu == pytest.approx((8 * P + 0.5 * F32 + 5 * PM) / (30 * P + 10 * PM))
+    # OFU over every GPU-second with pipe counters: g0 (6P: 1980 MHz is above 1830, ratio
+    # capped at 1), g2 (0), g3 (G3T + 0.5 F32), g5 (10 x 0.5 x PM); peak 10 s x P x 3 +
+    # 10 s x PM.
+    assert node.ofu == pytest.approx((6 * P + G3T + 0.5 * F32 + 5 * PM) / (30 * P + 10 * PM))
     # Bytes: g1 5B over 10 s at B, S1 1 BM over its 5 s share at BM.
     assert node.achieved_bytes == pytest.approx(5 * B + 1 * BM)
     assert node.peak_bytes == pytest.approx(10 * B + 5 * BM)
@@ -177,8 +182,8 @@ def test_workloads_of_each_source() -> None:
     assert sources(c)["counters"] == pytest.approx(10.0) and c.coverage == 0.0
     assert c.mfu is None and "no GPU-seconds with known model FLOPs" in (c.mfu_reason or "")
     assert c.achieved_flops == 0.0 and c.peak_flops == 0.0
-    assert c.estimated_flops == pytest.approx(2 * P + 0.5 * F32)
-    assert c.mfu_estimated == pytest.approx((2 * P + 0.5 * F32) / (10 * P))
+    assert c.estimated_flops == pytest.approx(G3T + 0.5 * F32)
+    assert c.mfu_estimated == pytest.approx((G3T + 0.5 * F32) / (10 * P))
     assert c.ofu == c.mfu_estimated  # every counters second is a pipe-counter second
     assert c.energy_j == pytest.approx(6000.0) and c.flops_per_j is None  # no known seconds
 
@@ -209,9 +214,10 @@ def test_fleet_and_cross_node_workload() -> None:
         {"reported": 25.0, "engine": 10.0, "idle": 10.0, "counters": 15.0, "none": 10.0})
     assert rec.coverage == pytest.approx(45 / 70)
     assert rec.mfu == pytest.approx((10 * P + 1.5 * PM) / (40 * P + 5 * PM))
-    est = 2 * P + 0.5 * F32 + 2.5 * PM
+    est = G3T + 0.5 * F32 + 2.5 * PM
     assert rec.mfu_estimated == pytest.approx((10 * P + 1.5 * PM + est) / (50 * P + 10 * PM))
-    assert rec.ofu == pytest.approx((13 * P + 0.5 * F32 + 5 * PM) / (40 * P + 10 * PM))
+    # OFU: g0 6P + h0 5P + g3 G3T + 0.5 F32 + g5 5 PM.
+    assert rec.ofu == pytest.approx((11 * P + G3T + 0.5 * F32 + 5 * PM) / (40 * P + 10 * PM))
     assert rec.energy_j == pytest.approx(23000.0 + 6500.0)
     assert rec.flops_per_j == pytest.approx((10 * P + 1.5 * PM) / (15000.0 + 6500.0))
     assert rec.tokens_per_j == pytest.approx(2500.0 / 21500.0)
@@ -317,6 +323,15 @@ def test_sample_class_rule(sm, tensor, pipes, expected) -> None:
 def test_clock_ratio_and_regime_rules() -> None:
     assert clock_ratio(990, 1980) == 0.5 and clock_ratio(2000, 1980) == 1.0
     assert clock_ratio(None, 1980) == 1.0 and clock_ratio(990, None) == 1.0
+    # Per pipe, against the clock the catalog's peak assumes: H100 tensor 1830 MHz
+    # (989.4e12 / (132 SMs x 4096 FLOP/clk)), fp32/fp64 the 1980 MHz boost clock.
+    assert reference_clocks(H100) == (1830.0, 1980.0)
+    assert pipe_clock_ratios(H100, 990.0, 1980.0) == (990 / 1830, 0.5)
+    assert pipe_clock_ratios(H100, 1900.0, 1980.0) == (1.0, 1900 / 1980)
+    assert pipe_clock_ratios(H100, None, 1980.0) == (1.0, 1.0)
+    # A GPU the catalog does not know: the sample's max clock stands in.
+    assert reference_clocks("Unknown GPU 9000") == (None, None)
+    assert pipe_clock_ratios("Unknown GPU 9000", 990.0, 1980.0) == (0.5, 0.5)
     # ridge 10 FLOP/B: intensity 4.9 memory, 5..20 mixed, above 20 compute
     assert regime(49.0, 10.0, 100.0, 10.0) == "memory"
     assert regime(50.0, 10.0, 100.0, 10.0) == "mixed"
@@ -387,3 +402,18 @@ def test_energy_is_pro_rata_to_the_window_overlap() -> None:
     assert r0.energy_j == pytest.approx(400.0) and r1.energy_j == pytest.approx(400.0)
     assert r0.flops_per_j == 0.0  # an idle second is known: 0 FLOPs for 400 J
     assert sources(r0)["idle"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("gpu", "clock", "max_clock"), [
+    (H100, 990.0, 1980.0), (H100, 1900.0, 1980.0), (H100, None, 1980.0), (H100, 990.0, None),
+    ("Unknown GPU 9000", 990.0, 1980.0), ("Unknown GPU 9000", 990.0, None),
+])
+def test_inlined_clock_ratios_agree_with_mfu_ofu(gpu, clock, max_clock) -> None:
+    """NodeWindow.add_sample's inlined per-pipe clock ratios = mfu.ofu.pipe_clock_ratios:
+    one second of tensor 1.0 and fp32 1.0 sums exactly the two ratios."""
+    w = NodeWindow("n", T0, T0 + 10)
+    w.add_sample(GpuSample(event_id="e", node="n", gpu_uuid="g", gpu_index=0, gpu_name=gpu,
+                           ts=T0 + 1, interval_s=1.0, sm_util=0.9, mem_util=None, tensor_active=1.0,
+                           fp32_active=1.0, sm_clock_mhz=clock, max_sm_clock_mhz=max_clock), 1.0)
+    g = w.gpus["g"]
+    assert (g.tensor_eff_s, g.fp32_eff_s) == pipe_clock_ratios(gpu, clock, max_clock)
