@@ -14,7 +14,7 @@ non-tensor undercounting). What this module applies, and why:
   maximum clock: a pipe's FLOPs per clock are fixed by the chip, so at clock ``f`` it can
   do ``peak x f / f_ref``; the H100 SXM's tensor peak (989.4 TFLOP/s = 132 SMs x 4096
   FLOP/clk x 1830 MHz) assumes 1830 MHz, not its 1980 MHz maximum, and ``f / f_max``
-  under-reads every sample at or below 1830 MHz by 1830/1980 (-7.6 %; -13 % on an H800 PCIe,
+  under-reads every sample at or below 1830 MHz by 1830/1980 (-7.6 %; -13 % on an H100 NVL,
   1545/1785). Above the reference clock the ratio is capped at 1: the datasheet peak
   stays the ceiling (as in :mod:`mfu.peaks`; the tensor-core clock domain of the paper),
   which under-reads by at most ``f_ref / f`` a pipe that really ran faster. Where the
