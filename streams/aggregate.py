@@ -348,7 +348,7 @@ class NodeWindow:
                 g.workloads[w] = g.workloads.get(w, 0.0) + share
         # §8, per sample: the class of these seconds if no report covers them, and the
         # pipe activity x clock ratio sums OFU is computed from at close. The rules of
-        # mfu.ofu.classify / clock_ratio, inlined (hot path; a test holds them equal).
+        # mfu.ofu.classify / pipe_clock_ratios, inlined (hot path; tests hold them equal).
         # Idle samples' pipe sums are kept apart (they are rare and mostly zero), so the
         # ``counters`` class's sums are total - idle at close: fewer adds per busy sample.
         f32 = s.fp32_active
