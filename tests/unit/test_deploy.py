@@ -16,11 +16,11 @@ from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
 from mfu.events import CloudEvent, FlopSources, MfuWindow
 from mfucli.main import build_parser
 from mfuio.health import PipelineMetrics, PoliciesHealthSettings, StreamsHealthSettings
+from mfuio.influx import point_fields
 from mfuio.sinks import SinkSettings
 from policies.annotations import policy_line
 from policies.settings import PolicySettings
 from streams.app import StreamSettings
-from streams.influx import point_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = [KafkaSettings, InfluxSettings, WindowSettings, StreamSettings, PolicySettings,
