@@ -1,0 +1,48 @@
+"""`mfu <subcommand>` without its extra says which extra to install, in one line."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from mfucli.main import EXTRA_OF_COMMAND, main, missing_extra
+
+
+def _forget(monkeypatch: pytest.MonkeyPatch, *prefixes: str) -> None:
+    """Drop cached modules so the next import runs again (and meets the blocked one)."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in prefixes or name in prefixes:
+            monkeypatch.delitem(sys.modules, name)
+
+
+def test_streams_without_faust_names_the_streams_extra(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _forget(monkeypatch, "streams", "mfucli.streams", "faust", "mode")
+    monkeypatch.setitem(sys.modules, "faust", None)  # `import faust` -> ModuleNotFoundError
+    assert main(["streams"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0  # one line, no traceback
+    assert err.startswith("mfu streams: error: the Python package 'faust' is not installed")
+    assert "pip install 'mfu-pipeline[streams]'" in err
+    assert "pip install ./sdk '.[streams]'" in err
+
+
+def test_mapping_by_command_then_module() -> None:
+    exc = ModuleNotFoundError("No module named 'confluent_kafka'", name="confluent_kafka")
+    # confluent-kafka is in two extras: the command decides
+    assert "[agent]" in (missing_extra("agent", exc) or "")
+    assert "[streams]" in (missing_extra("policies", exc) or "")
+    # `mfu bench` spans stacks: the module decides
+    faust = ModuleNotFoundError("No module named 'faust'", name="faust.worker")
+    assert "[streams]" in (missing_extra("bench", faust) or "")
+    # a module of no extra is a bug, not a missing extra
+    assert missing_extra("streams", ModuleNotFoundError("x", name="streams.nope")) is None
+    assert set(EXTRA_OF_COMMAND.values()) <= {"agent", "streams", "demo"}
+
+
+def test_a_missing_project_module_still_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    _forget(monkeypatch, "mfucli.peaks", "mfu.peaks")
+    monkeypatch.setitem(sys.modules, "mfu.peaks", None)
+    with pytest.raises(ModuleNotFoundError):
+        main(["peaks", "H100"])
