@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from mfucli.main import EXTRA_OF_COMMAND, main, missing_extra
+
+ROOT = Path(__file__).parents[2]
 
 
 def _forget(monkeypatch: pytest.MonkeyPatch, *prefixes: str) -> None:
@@ -46,3 +51,24 @@ def test_a_missing_project_module_still_raises(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "mfu.peaks", None)
     with pytest.raises(ModuleNotFoundError):
         main(["peaks", "H100"])
+
+
+def test_core_commands_need_no_extra() -> None:
+    """`mfu peaks/flops/contracts/policies check` run with every extra's modules blocked."""
+    code = textwrap.dedent("""
+        import sys
+        for m in ("faust", "mode", "aiokafka", "confluent_kafka", "influxdb_client",
+                  "prometheus_client", "pynvml", "matplotlib", "cramjam"):
+            sys.modules[m] = None  # import -> ModuleNotFoundError, as if not installed
+        from mfucli.main import main
+        rcs = [main(["peaks", "--gpu", "NVIDIA H100 80GB HBM3", "--precision", "bf16"]),
+               main(["flops", "--params", "7e9", "--gpu", "NVIDIA H100 80GB HBM3", "--precision", "bf16",
+                     "--tokens-per-s-per-gpu", "1000"]),
+               main(["contracts", "--check"]),
+               main(["policies", "check", "policies/default_rules.yaml"])]
+        print("RCS", rcs)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "RCS [0, 0, 0, 0]"
