@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mfucli.main import EXTRA_OF_COMMAND, main, missing_extra
+from mfucli.main import EXTRA_OF_COMMAND, SUBCOMMANDS, main, missing_extra
 
 ROOT = Path(__file__).parents[2]
 
@@ -46,11 +46,15 @@ def test_mapping_by_command_then_module() -> None:
     assert set(EXTRA_OF_COMMAND.values()) <= {"agent", "streams", "demo"}
 
 
-def test_a_missing_project_module_still_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    _forget(monkeypatch, "mfucli.peaks", "mfu.peaks")
-    monkeypatch.setitem(sys.modules, "mfu.peaks", None)
-    with pytest.raises(ModuleNotFoundError):
-        main(["peaks", "H100"])
+def test_a_missing_project_module_still_raises(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module of no extra missing is a bug: the traceback is kept."""
+    (tmp_path / "broken_cmd.py").write_text(
+        "import mfu.no_such_module\n\ndef register(sub):\n    pass\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(SUBCOMMANDS, "broken", "broken_cmd")
+    with pytest.raises(ModuleNotFoundError, match=r"mfu\.no_such_module"):
+        main(["broken"])
 
 
 def test_core_commands_need_no_extra() -> None:
