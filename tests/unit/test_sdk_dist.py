@@ -60,16 +60,21 @@ def test_sdk_installs_alone_with_no_third_party_package(tmp_path: Path) -> None:
     shutil.copytree(REPO / "sdk", source, ignore=shutil.ignore_patterns(
         "build", "*.egg-info", "__pycache__"))
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index",
-                    "--no-build-isolation", "-q", "-w", str(wheels), str(source)],
-                   check=True, capture_output=True, text=True, env=_bare_env())
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index",
+                            "--no-build-isolation", "-q", "-w", str(wheels), str(source)],
+                           capture_output=True, text=True, env=_bare_env())
+    assert built.returncode == 0, (
+        "building the mfu-sdk wheel offline needs setuptools and wheel in this venv "
+        f"(the 'test' extra installs them):\n{built.stderr[-2000:]}")
     (wheel,) = wheels.glob("mfu_sdk-*.whl")
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=_bare_env())
     python = str(venv / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "--no-index", "-q", str(wheel)],
-                   check=True, capture_output=True, text=True, env=_bare_env())
+    installed = subprocess.run([python, "-m", "pip", "install", "--no-index", "-q", str(wheel)],
+                               capture_output=True, text=True, env=_bare_env())
+    # --no-index: a declared dependency could not be found, so this fails if there is one
+    assert installed.returncode == 0, installed.stderr[-2000:]
 
     listed = subprocess.run([python, "-m", "pip", "list", "--format=json"], check=True,
                             capture_output=True, text=True, env=_bare_env()).stdout
