@@ -2,9 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# The pipeline with every extra, the tests' tools, and the FLOP SDK (sdk/, its own
+# distribution; pip takes the `mfu-sdk` dependency from ./sdk).
+$(VENV)/.installed: pyproject.toml sdk/pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q -c constraints.txt -e ".[test,docker]"
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e ./sdk -e ".[all,test,docker]"
 	touch $@
 
 .PHONY: install demo test lint bench services-up services-down

@@ -22,7 +22,8 @@ Each attributed workload also gets an owner, its **tenant** (first hit wins):
 
 The FLOP reporter SDK resolves its default workload name with the same functions
 (:func:`workload_from_environ`, :func:`workload_from_cgroup`) so telemetry and FLOP
-reports name a job the same way. Stdlib only: the SDK imports this module.
+reports name a job the same way; they live in :mod:`mfu_sdk.attribution` (the SDK
+distribution, stdlib only) and are re-exported here.
 
 The agent must see host pids (on Kubernetes: ``hostPID: true``) because NVML reports
 host pids. Results are cached per pid while the pid stays on a GPU (:meth:`prune`);
@@ -32,48 +33,24 @@ a pid that leaves and is reused within one interval would keep the old name.
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-DEFAULT_VARIABLE = "MFU_WORKLOAD"
-UNATTRIBUTED = "unattributed"
-MAX_NAME = 256
-
-# Pod UID as the kubelet writes it into cgroup paths: dashes (cgroupfs driver) or
-# underscores (systemd driver: kubepods-burstable-pod<uid with _>.slice).
-_K8S_POD = re.compile(
-    r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
+from mfu_sdk.attribution import (
+    DEFAULT_VARIABLE,
+    MAX_NAME,
+    UNATTRIBUTED,
+    workload_from_cgroup,
+    workload_from_environ,
 )
-_SLURM_JOB = re.compile(r"/job_(\d+)(?:/|$)")
+
+# Workload naming (steps 1-3) is shared with the FLOP SDK, which must stay stdlib-only
+# and installable alone: the one definition lives in mfu_sdk.attribution.
 # Where the kubelet mounts a pod's service-account files inside its containers.
 K8S_NAMESPACE_FILE = "var/run/secrets/kubernetes.io/serviceaccount/namespace"
 SLURM_ACCOUNT = "SLURM_JOB_ACCOUNT"
-
-
-def workload_from_environ(env: Mapping[str, str], variable: str = DEFAULT_VARIABLE) -> str | None:
-    """Workload name from a process environment (steps 1-2 above), or None."""
-    name = env.get(variable)
-    if name:
-        return name[:MAX_NAME]
-    job = env.get("SLURM_JOB_ID")
-    if job:
-        return f"slurm-{job}"[:MAX_NAME]
-    return None
-
-
-def workload_from_cgroup(text: str) -> str | None:
-    """Workload name from the text of ``/proc/<pid>/cgroup`` (step 3), or None."""
-    if "kubepods" in text:
-        m = _K8S_POD.search(text)
-        if m:
-            return "k8s-pod-" + m.group(1).replace("_", "-")
-    m = _SLURM_JOB.search(text)
-    if m:
-        return f"slurm-{m.group(1)}"
-    return None
 
 
 def tenant_from_config(workload: str, patterns: Mapping[str, str]) -> str | None:

@@ -3,7 +3,7 @@
 The collector is an *input* in the Telegraf sense: :meth:`NvmlCollector.collect` reads
 the GPUs and returns events; batching, Kafka and buffering belong to the publisher. It
 takes an NVML-like object (default: the ``pynvml`` module, imported on first use), so
-tests pass :class:`agents.fake_nvml.FakeNvml` built from recorded values.
+tests pass :class:`mfu_testing.fake_nvml.FakeNvml` built from recorded values.
 
 What each field is read from (per interval ``[ts - interval_s, ts)``, stamped at ``ts``):
 

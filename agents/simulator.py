@@ -64,24 +64,28 @@ class Hardware:
     gpm: bool
 
 
-# NVML-reported totals (nvidia-smi "FB Memory Usage: Total" in MiB x 2**20) and clocks.
-HARDWARE: dict[str, Hardware] = {
-    "NVIDIA H100 80GB HBM3": Hardware(81559 << 20, 1980, 700, 70, True),
-    "NVIDIA H200": Hardware(143771 << 20, 1980, 700, 75, True),
-    "NVIDIA A100-SXM4-80GB": Hardware(81920 << 20, 1410, 400, 55, False),
-    "NVIDIA L40S": Hardware(46068 << 20, 2520, 350, 35, False),
-}
+# Idle power is not a datasheet value: the simulator derives it as this share of the
+# board power limit. ~10% is what an idle (P0, no kernels) H100 SXM/L40S draws in
+# nvidia-smi (~70 W of 700 W, ~35 W of 350 W); it only sets the floor of simulated
+# power and energy.
+IDLE_POWER_SHARE = 0.10
+# Fallbacks for catalog entries without a value (e.g. a TPU has no board power in
+# gpus.yaml): a generic 400 W accelerator with 80 GiB and 1800 MHz.
+FALLBACK_TDP_W = 400.0
+FALLBACK_MEMORY_BYTES = 80 << 30
+FALLBACK_CLOCK_MHZ = 1800.0
 
 
 def hardware(gpu_name: str) -> Hardware:
-    """Telemetry facts for ``gpu_name``; models outside :data:`HARDWARE` get catalog
-    memory and clock and generic power figures. Raises ``peaks.UnknownGPUError``."""
-    known = HARDWARE.get(gpu_name)
-    if known is not None:
-        return known
+    """Telemetry facts for ``gpu_name``, all from the GPU catalog (``mfu/data/gpus.yaml``):
+    ``memory_bytes`` (datasheet GB read as GiB), ``boost_clock_mhz`` (the max SM clock),
+    ``tdp_w`` (power limit), ``gpm_counters``; idle power = :data:`IDLE_POWER_SHARE` x
+    ``tdp_w``. Raises ``peaks.UnknownGPUError`` for a GPU the catalog lacks."""
     spec = peaks.lookup(gpu_name)
-    return Hardware(spec.memory_bytes or (80 << 30), spec.boost_clock_mhz or 1800.0,
-                    400.0, 50.0, False)
+    tdp_w = spec.tdp_w or FALLBACK_TDP_W
+    return Hardware(memory_bytes=spec.memory_bytes or FALLBACK_MEMORY_BYTES,
+                    max_sm_clock_mhz=spec.boost_clock_mhz or FALLBACK_CLOCK_MHZ,
+                    tdp_w=tdp_w, idle_w=IDLE_POWER_SHARE * tdp_w, gpm=spec.gpm_counters)
 
 
 # --------------------------------------------------------------------------- archetypes

@@ -13,9 +13,9 @@ from mfucli.main import CLIError
 
 # target -> (module with main(argv) -> int, leading argv)
 BENCHMARKS: dict[str, tuple[str, list[str]]] = {
-    "agent": ("agents.bench", []),
-    "sdk": ("agents.bench", ["--only", "sdk"]),
-    "streams": ("streams.bench", []),
+    "agent": ("bench.agent", []),
+    "sdk": ("bench.agent", ["--only", "sdk"]),
+    "streams": ("bench.streams", []),
 }
 
 

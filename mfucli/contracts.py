@@ -98,7 +98,7 @@ def _full_window() -> events.MfuWindow:
 
 def influx_table() -> str:
     """Markdown table of the ``mfu`` measurement: tags and float fields."""
-    from streams.influx import point_fields, to_line
+    from mfuio.influx import point_fields, to_line
 
     rec = _full_window()
     head = re.split(r"(?<!\\) ", to_line(rec), maxsplit=1)[0]  # up to the first unescaped space

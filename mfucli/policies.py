@@ -181,7 +181,7 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _scaler(args: argparse.Namespace) -> int:
-    from policies.scaler import Scaler
+    from examples.scaler import Scaler
 
     scaler = Scaler(
         initial=args.initial,

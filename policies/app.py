@@ -40,7 +40,7 @@ class Annotator:
     InfluxDB outage must not hold back decisions that autoscalers wait for)."""
 
     def __init__(self, influx: InfluxSettings, metrics: PipelineMetrics | None = None) -> None:
-        from streams.influx import InfluxWriter
+        from mfuio.influx import InfluxWriter
 
         observe = metrics.influx_observer if metrics is not None else None
         self.writer = InfluxWriter(influx, observe=observe)

@@ -1,4 +1,4 @@
-"""InfluxDB sink: measurement ``mfu`` (DESIGN.md §4) through :class:`streams.influx.InfluxWriter`,
+"""InfluxDB sink: measurement ``mfu`` (DESIGN.md §4) through :class:`mfuio.influx.InfluxWriter`,
 which retries outages, splits oversized batches and hands back the points InfluxDB
 refuses (400/422/413) with its reason."""
 
@@ -16,7 +16,7 @@ class InfluxSink:
 
     def __init__(self, settings: InfluxSettings, *,
                  observe: Callable[[str, float, int], None] | None = None) -> None:
-        from streams.influx import InfluxWriter  # the line protocol lives with the writer
+        from mfuio.influx import InfluxWriter  # the line protocol lives with the writer
 
         self.writer = InfluxWriter(settings, observe=observe)
 

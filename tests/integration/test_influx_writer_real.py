@@ -14,7 +14,7 @@ import pytest
 
 from mfu.config import InfluxSettings
 from mfu.events import MfuWindow
-from streams.influx import InfluxConfigError, InfluxWriter, to_line
+from mfuio.influx import InfluxConfigError, InfluxWriter, to_line
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ import pytest
 
 from mfu.config import InfluxSettings as Settings
 from mfucli.main import main
-from streams.influx import InfluxWriter
+from mfuio.influx import InfluxWriter
 
 pytestmark = pytest.mark.integration
 

@@ -178,7 +178,7 @@ def test_tenants_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
 
 def test_agent_passes_configured_tenants_to_samples(tmp_path: Path) -> None:
     from agents.agent import Agent
-    from agents.fake_nvml import FakeNvml, node_document
+    from mfu_testing.fake_nvml import FakeNvml, node_document
     from tests.unit.test_agent_publisher import FakeBroker
 
     make_proc(tmp_path / "proc", 1000, {"MFU_WORKLOAD": "llm-chat"})

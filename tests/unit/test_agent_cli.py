@@ -65,7 +65,7 @@ def test_bench_missing_module_is_a_user_error(monkeypatch, capsys) -> None:
 
 def test_agent_without_nvml_is_a_user_error(monkeypatch, tmp_path, capsys) -> None:
     from agents import nvml
-    from agents.fake_nvml import FakeNvml
+    from mfu_testing.fake_nvml import FakeNvml
 
     monkeypatch.setattr(nvml, "_load_pynvml",
                         lambda: FakeNvml({"devices": [], "driver_not_loaded": True}))
@@ -77,7 +77,7 @@ def test_agent_without_nvml_is_a_user_error(monkeypatch, tmp_path, capsys) -> No
 
 def test_agent_socket_that_cannot_be_bound_is_a_user_error(monkeypatch, tmp_path, capsys) -> None:
     from agents import nvml
-    from agents.fake_nvml import FakeNvml, node_document
+    from mfu_testing.fake_nvml import FakeNvml, node_document
 
     monkeypatch.setattr(nvml, "_load_pynvml", lambda: FakeNvml(node_document(1)))
     (tmp_path / "file").write_text("not a directory")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from agents.dcgm import DcgmPipeCounters, load_dcgm_reader
-from agents.fake_nvml import FakeDcgmReader, FakeNvml
 from agents.nvml import NvmlCollector
+from mfu_testing.fake_nvml import FakeDcgmReader, FakeNvml
 
 FIXTURES = Path(__file__).parent / "fixtures"
 T0 = 1_700_000_000.0

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.fake_nvml import ENERGY_COUNTER_MODULUS_MJ, FakeNvml
 from agents.nvml import MAX_PLAUSIBLE_POWER_W, NvmlCollector, energy_delta_mj
 from mfu.events import MAX_INTERVAL_S, GpuSample
+from mfu_testing.fake_nvml import ENERGY_COUNTER_MODULUS_MJ, FakeNvml
 
 FIXTURES = Path(__file__).parent / "fixtures"
 T0 = 1_700_000_000.0

@@ -26,10 +26,10 @@ from agents.agent import Agent
 from agents.engine_discovery import ProcEngineFinder, local_addresses, parse_command
 from agents.engine_metrics import CounterDeltas, Series, parse_exposition
 from agents.engines import EngineCollector, EngineTarget, infer_phase
-from agents.fake_nvml import FakeNvml, node_document
 from agents.settings import AgentSettings
 from mfu.events import FlopReport, parse_events
 from mfu.topics import FLOPS
+from mfu_testing.fake_nvml import FakeNvml, node_document
 from tests.unit.test_agent_publisher import FakeBroker
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engines"

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from agents.agent import Agent, install_signal_handlers
-from agents.fake_nvml import FakeNvml, node_document
 from agents.sdk import FlopReporter
 from agents.settings import AgentSettings
 from mfu.events import FlopReport, GpuSample, parse_events
 from mfu.topics import FLOPS, TELEMETRY
+from mfu_testing.fake_nvml import FakeNvml, node_document
 from tests.unit.test_agent_publisher import FakeBroker
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from agents import fake_nvml
 from agents.attribution import ProcAttributor
-from agents.fake_nvml import FakeNvml, node_document, record
 from agents.nvml import NvmlCollector, mig_profile_from_name
 from mfu.events import GpuSample, parse_events
+from mfu_testing import fake_nvml
+from mfu_testing.fake_nvml import FakeNvml, node_document, record
 
 FIXTURES = Path(__file__).parent / "fixtures"
 T0 = 1_700_000_000.0

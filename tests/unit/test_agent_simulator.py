@@ -17,7 +17,9 @@ from agents.simulator import (
     SOURCES,
     STALL_S,
     FleetSimulator,
+    Hardware,
     SimDevice,
+    hardware,
 )
 from agents.spool import Spool
 from mfu import peaks
@@ -366,10 +368,12 @@ def test_energy_is_power_times_interval(sim: FleetSimulator) -> None:
                 if s.mig_profile is None:
                     assert s.energy_j == pytest.approx(s.power_w * s.interval_s, rel=1e-12)
     # MIG: slices share the parent's energy. An unallocated 1g.10gb slice of an A100 80GB
-    # with 3g.40gb + 3 x 1g.10gb: 14 of 42 + 3 * 14 = 84 SMs -> 1/6 of the 55 W idle power.
+    # with 3g.40gb + 3 x 1g.10gb: 14 of 42 + 3 * 14 = 84 SMs -> 1/6 of the idle power.
+    # Idle power is derived from the catalog: 0.10 x tdp_w 400 W = 40 W (it was a
+    # hand-written 55 W before the simulator read GPU facts from mfu/data/gpus.yaml).
     (free,) = [d for d in sim.devices if d.mig_profile and d.workload is None][:1]
     assert free.gpu_name == "NVIDIA A100-SXM4-80GB" and free.mig_profile == "1g.10gb"
-    assert sim.state(free, 4).energy_j == pytest.approx(55.0 * 14 / 84 * 1.0)
+    assert sim.state(free, 4).energy_j == pytest.approx(0.10 * 400.0 * 14 / 84 * 1.0)
     slices = [d for d in sim.devices if d.node == free.node and d.index == free.index]
     assert sum(d.energy_share for d in slices) == pytest.approx(1.0)
     # the window truth adds them up: every device-second's energy
@@ -433,3 +437,20 @@ def test_truth_sources_add_up_and_repeat(sim: FleetSimulator, truth: dict) -> No
     again = FleetSimulator(8, 8, MODELS, seed=7, start_ts=T0, drift_at_s=120,
                            drift_fraction=0.3).ground_truth(T0, T0 + 120)
     assert again["fleet"]["default"].as_dict() == fleet.as_dict()
+
+
+def test_hardware_comes_from_the_gpu_catalog() -> None:
+    """No hand-written table: memory, clock, power limit and GPM come from gpus.yaml."""
+    # H100 SXM5 80GB entry: memory_gb 80 -> 80 x 2**30 bytes, boost 1980 MHz, tdp 700 W,
+    # gpm_counters true; idle = 0.10 x 700 = 70 W.
+    assert hardware("NVIDIA H100 80GB HBM3") == Hardware(80 << 30, 1980.0, 700.0, 70.0, True)
+    # L40S: 48 GB, 2520 MHz, 350 W, no GPM -> idle 35 W.
+    assert hardware("NVIDIA L40S") == Hardware(48 << 30, 2520.0, 350.0, 35.0, False)
+    # TPU v4 has no tdp_w in the catalog: the documented 400 W fallback, idle 40 W.
+    assert hardware("TPU v4").tdp_w == 400.0 and hardware("TPU v4").idle_w == 40.0
+    for spec in peaks.catalog():
+        hw = hardware(spec.name)
+        assert hw.memory_bytes == (spec.memory_bytes or 80 << 30)
+        assert hw.gpm is spec.gpm_counters
+    with pytest.raises(peaks.UnknownGPUError):
+        hardware("NVIDIA Imaginary 9000")

@@ -22,7 +22,7 @@ from mfuio.health import (
     reason_class,
     serve,
 )
-from streams.influx import InfluxWriter
+from mfuio.influx import InfluxWriter
 
 
 def get(url: str) -> tuple[int, str]:

@@ -16,7 +16,7 @@ import pytest
 
 from mfu.config import InfluxSettings
 from mfu.events import MfuWindow
-from streams.influx import (
+from mfuio.influx import (
     InfluxConfigError,
     InfluxUnavailable,
     InfluxWriter,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from examples.scaler import Scaler, desired_replicas
 from mfu.events import CloudEvent
 from policies.cloudevents import format_line, make_event, parse_event
-from policies.scaler import Scaler, desired_replicas
 
 
 def scale_event(action: str, ratio: float, window_start: float = 1.7e9) -> CloudEvent:

@@ -15,10 +15,10 @@ from pydantic import ValidationError
 from mfu.config import InfluxSettings, KafkaSettings
 from mfu.events import MfuWindow
 from mfuio.health import HealthServer, PipelineMetrics
+from mfuio.influx import to_line
 from mfuio.sinks import FanOut, Rejection, Sink, SinkContext, SinkResult, SinkSettings, build_sinks
 from mfuio.sinks.influxdb import InfluxSink
 from mfuio.sinks.prometheus import PrometheusSink
-from streams.influx import to_line
 
 T0 = 1_700_000_000.0
 

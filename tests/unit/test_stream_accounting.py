@@ -14,8 +14,8 @@ from mfu.events import FlopReport, GpuSample, MfuWindow
 from mfu.ofu import classify, clock_ratio, pipe_clock_ratios, reference_clocks
 from mfu.peaks import peak_bytes_per_s, peak_flops_per_s
 from mfu.roofline import regime
+from mfuio.influx import point_fields, to_line
 from streams.aggregate import NodeWindow, Partial, RollupWindow, finalize
-from streams.influx import point_fields, to_line
 from streams.stages import NodeStage
 
 T0 = 1_700_000_000.0

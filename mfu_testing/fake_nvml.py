@@ -3,7 +3,7 @@
 The collector takes an NVML-like object; tests and the benchmark pass a :class:`FakeNvml`
 built from a JSON document (``tests/unit/fixtures/nvml_*.json``), the way
 prometheus_client's tests pass a fake ``/proc`` tree. The document is what
-:func:`record` writes on a real host (``python -m agents.fake_nvml > nvml_host.json``), so
+:func:`record` writes on a real host (``python -m mfu_testing.fake_nvml > nvml_host.json``), so
 a new GPU model is covered by recording it once.
 
 Document shape (every key but ``name``/``uuid`` optional)::
@@ -488,7 +488,7 @@ def _record_gpm(nvml: Any, take: Any, wait: Any) -> dict[str, float] | None:
 def record(nvml: Any, *, wait: Any = None) -> dict[str, Any]:
     """Read every GPU (and MIG device) through ``nvml`` into a FakeNvml document.
 
-    Run on a GPU host to add a fixture: ``python -m agents.fake_nvml > nvml_<model>.json``.
+    Run on a GPU host to add a fixture: ``python -m mfu_testing.fake_nvml > nvml_<model>.json``.
     Calls that fail are written into ``errors`` so the fake fails the same way. GPM
     metrics are measured between two samples ``wait()`` apart (default: 1 s sleep).
     """

@@ -1,6 +1,6 @@
 """Agent and SDK overhead: ``mfu bench agent`` / ``mfu bench sdk``.
 
-Agent: CPU time per interval of the NVML collector (a :class:`~agents.fake_nvml.FakeNvml`
+Agent: CPU time per interval of the NVML collector (a :class:`~mfu_testing.fake_nvml.FakeNvml`
 of ``--gpus`` GPUs with GPM, one process each, attributed through a fake ``/proc``)
 plus the publish path (``batch/1`` encoding and the producer call; librdkafka stubbed
 unless ``--bootstrap`` names a broker), against a baseline in the same run: a bare loop
@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from agents.attribution import ProcAttributor
-from agents.fake_nvml import FakeNvml, node_document
 from agents.nvml import NvmlCollector
 from agents.publisher import Publisher, producer_config
 from agents.sdk import FlopReporter
 from agents.spool import Spool
 from mfu.config import KafkaSettings
 from mfu.topics import FLOPS, TELEMETRY
+from mfu_testing.fake_nvml import FakeNvml, node_document
 
 TARGET_CORE_FRACTION = 0.01
 

@@ -329,7 +329,7 @@ def faust_floor(run: Run, messages: int, workdir: Path) -> dict[str, float]:
     env.update({"BENCH_FLOOR_MESSAGES": str(messages), "BENCH_FLOOR_APP": f"{run.app_id}-floor",
                 "BENCH_FLOOR_TELEMETRY": run.topics["telemetry"],
                 "BENCH_FLOOR_FLOPS": run.topics["flops"]})
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from streams.bench import "
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from bench.streams import "
                              "faust_floor_worker; sys.exit(faust_floor_worker())"],
                             env=env, cwd=workdir, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -357,7 +357,7 @@ def faust_floor(run: Run, messages: int, workdir: Path) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- the peer
 
-PEER_DIR = Path(__file__).resolve().parent.parent / "bench" / "peers"
+PEER_DIR = Path(__file__).resolve().parent / "peers"
 PEER_REQUIREMENTS = PEER_DIR / "requirements-quixstreams.txt"
 
 
