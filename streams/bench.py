@@ -17,8 +17,10 @@ node-window it emits is checked (MFU 0.4, 80 GPU-seconds). Target: >= 50,000 GPU
 samples/s per worker.
 
 Latency: a fresh worker, then ``--latency-s`` seconds of samples and reports stamped with
-the current time, sent at each whole wall-clock second (``--latency-nodes`` x 8 GPUs).
-Per GPU sample: the time from producing it to its window's node record arriving on the
+the current time, sent at each whole wall-clock second (``--latency-nodes`` x 8 GPUs;
+with ``--envelope-s K``, K seconds at a time on multiples of K, as the agent does).
+Per GPU sample: the time from producing it (with K > 1: from its own second, so the time
+it waited in the envelope counts) to its window's node record arriving on the
 Kafka output topic, and to that record's point being visible in InfluxDB (polled every
 ``--poll-s``). Windows still open when the feed stops (closed by the idle timeout) are
 left out. Target: p99 <= window + grace + 2 s.
@@ -615,6 +617,9 @@ def _percentile(values: list[float], q: float) -> float:
 def bench_latency(kafka: KafkaSettings, influx: InfluxSettings,
                   args: argparse.Namespace) -> dict[str, Any]:
     windows = WindowSettings(size_s=args.window_s, grace_s=args.grace_s)
+    if args.envelope_s < 1 or args.envelope_s > max(1.0, windows.grace_s):
+        raise BenchError(f"--envelope-s {args.envelope_s}: the latency feed needs "
+                         f"1 <= K <= grace ({windows.grace_s} s), as the agent does")
     run = Run(kafka, args.partitions, "lat")
     run.create()
     workdir = Path(tempfile.mkdtemp(prefix="mfu-bench-streams-"))
@@ -633,17 +638,23 @@ def bench_latency(kafka: KafkaSettings, influx: InfluxSettings,
         inf.start()
         first = math.floor(time.time()) + 1
         stop = first + int(args.latency_s)
+        k = int(args.envelope_s)
         for sec in range(first, stop + 1):
             time.sleep(max(0.0, sec - time.time()))
+            if sec % k and sec != stop:
+                continue  # an agent with MFU_AGENT_ENVELOPE_S = k flushes on multiples of k
+            held = min(k if sec % k == 0 else sec % k, sec - first + 1)
             ts = float(sec)
-            ws = math.floor((ts - 0.5) / windows.size_s) * windows.size_s
             for n in names:
                 key = n.encode()
-                producer.produce(run.topics["telemetry"], sample_batch(n, ts, "l"), key,
+                producer.produce(run.topics["telemetry"], sample_batch(n, ts, "l", held), key,
                                  partition=parts[n])
-                producer.produce(run.topics["flops"], report_batch(n, ts, flops, "l"), key,
-                                 partition=parts[n])
-                sent.append((n, ws, time.time()))
+                producer.produce(run.topics["flops"], report_batch(n, ts, flops, "l", held),
+                                 key, partition=parts[n])
+                # latency from each sample's own time (the second its interval ended)
+                for t in range(sec - held + 1, sec + 1):
+                    ws = math.floor((t - 0.5) / windows.size_s) * windows.size_s
+                    sent.append((n, ws, max(float(t), time.time()) if k == 1 else float(t)))
             producer.flush(10)
             worker.check()
         # Measured: windows closed on the watermark while the feed still ran.
