@@ -198,7 +198,7 @@ def decode(raw: bytes | str, model: type[E]) -> tuple[list[E], list[Rejected]]:
         return parse_events(raw, model)
     try:
         structs = decoder.decode(raw).events
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.MsgspecError, ValueError):  # incl. invalid UTF-8 (UnicodeDecodeError)
         return parse_events(raw, model)
     if model is GpuSample:
         return [_build(GpuSample, _asdict(s), _SAMPLE_FIELDS) for s in structs], []
@@ -217,7 +217,7 @@ def decode_structs(raw: bytes | str, model: type[E]) -> tuple[list[Any], list[Re
         return parse_events(raw, model)
     try:
         structs = decoder.decode(raw).events
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.MsgspecError, ValueError):  # incl. invalid UTF-8 (UnicodeDecodeError)
         return parse_events(raw, model)
     if model is FlopReport:
         for r in structs:

@@ -176,3 +176,25 @@ def test_every_single_field_mutation_matches(base, model) -> None:
             else:
                 obj[k] = v
             _same(json.dumps({"schema": "batch/1", "events": [base, obj]}), model)
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b" ", b"null", b"[]", b"{}", b'"batch/1"', b"\xef\xbb\xbf{}",  # BOM
+    b'{"schema":"batch/1","events":[]}\x00',
+    b'{"schema":"batch/1","events":[]} trailing',
+    b'{"schema":"batch/1","events":[{"schema":"gpu_sample/1","node":"\xed\xa0\x80"}]}',
+    b'{"schema":"batch/1","events":[]}'.replace(b"events", b"ev\xffents"),  # bad UTF-8
+])
+def test_odd_bytes_dead_letter_like_the_reference(raw) -> None:
+    _same(raw, GpuSample)
+    _same(raw, FlopReport)
+
+
+@pytest.mark.parametrize("value", ["\ud800", "a\x00b", "\U0001F600" * 256,
+                                   "\U0001F600" * 257])
+def test_unusual_strings_match(value) -> None:
+    """Lone surrogates (escaped, and raw in the bytes), NUL, astral characters at the
+    256-character limit (pydantic and msgspec both count code points)."""
+    obj = {"schema": "batch/1", "events": [dict(SAMPLE, node=value)]}
+    _same(json.dumps(obj), GpuSample)
+    _same(json.dumps(obj, ensure_ascii=False).encode("utf-8", "surrogatepass"), GpuSample)
