@@ -114,6 +114,14 @@ class _Parallelism(msgspec.Struct, frozen=True):
     cp: PosInt = 1
     ep: PosInt = 1
 
+    def model_dump(self) -> dict[str, int]:
+        """As ``Parallelism.model_dump()`` (``NodeWindow.add_report`` keeps this)."""
+        return msgspec.structs.asdict(self)
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp * self.cp
+
 
 class _Report(msgspec.Struct, frozen=True, kw_only=True):
     """``mfu.events.FlopReport``'s per-field checks; the cross-field ones are in

@@ -198,3 +198,26 @@ def test_unusual_strings_match(value) -> None:
     obj = {"schema": "batch/1", "events": [dict(SAMPLE, node=value)]}
     _same(json.dumps(obj), GpuSample)
     _same(json.dumps(obj, ensure_ascii=False).encode("utf-8", "surrogatepass"), GpuSample)
+
+
+def test_node_window_gives_the_same_record_from_structs_as_from_models() -> None:
+    """decode_structs' claim: the Structs carry everything NodeWindow reads."""
+    from streams.aggregate import NodeWindow
+
+    samples = [dict(SAMPLE, event_id=f"s-{i}", ts=T + 1 + i) for i in range(10)]
+    reports = [dict(REPORT, event_id=f"r-{i}", start=T + i, end=T + 1 + i) for i in range(10)]
+    records = []
+    for decoder in (fd.decode, fd.decode_structs):
+        w = NodeWindow("n1", T, T + 10)
+        for s in decoder(json.dumps({"schema": "batch/1", "events": samples}), GpuSample)[0]:
+            w.add_sample(s, 1.0)
+        for r in decoder(json.dumps({"schema": "batch/1", "events": reports}), FlopReport)[0]:
+            w.add_report(r, 1.0, 1.0)
+        rec, partials = w.close("f", {"GPU-1": (SAMPLE["gpu_name"], None)})
+        records.append((rec.model_dump(), [p.model_dump() for p in partials]))
+    assert records[0] == records[1]
+    # 10 reports of 3.9e14 FLOPs over 10 s of one H100 (bf16 dense peak P): MFU 3.9e14 / P
+    from mfu.peaks import peak_flops_per_s
+
+    assert records[0][0]["mfu"] == pytest.approx(3.9e14 / peak_flops_per_s(SAMPLE["gpu_name"],
+                                                                           "bf16"))
