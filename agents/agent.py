@@ -5,7 +5,9 @@ epoch, so samples of all nodes line up with the stream windows, and strictly inc
 even if the wall clock steps back) the agent sends one ``batch/1`` of ``gpu_sample/1`` on
 ``mfu.telemetry.v1`` and one of the ``flop_report/1`` received in the interval on
 ``mfu.flops.v1``, both keyed by node. Between ticks it serves Kafka callbacks and drains
-the spool. SIGTERM/SIGINT (see :func:`install_signal_handlers`) end the loop: reports
+the spool. With ``envelope_s`` > ``interval_s`` (``MFU_AGENT_ENVELOPE_S``, agents/envelope.py)
+several intervals go in one message, flushed at epoch multiples of ``envelope_s``.
+SIGTERM/SIGINT (see :func:`install_signal_handlers`) end the loop: reports
 already received are published, the producer is flushed for ``shutdown_timeout_s``
 and whatever is left is spooled for the next start.
 """
@@ -24,12 +26,14 @@ from typing import Any
 from agents.attribution import ProcAttributor
 from agents.dcgm import DcgmPipeCounters, load_dcgm_reader
 from agents.engines import EngineCollector
+from agents.envelope import Envelope, check_envelope_s, default_envelope_s
 from agents.intake import Intake, IntakeServer
 from agents.metrics import MetricsServer, StatsCollector, make_registry
 from agents.nvml import NvmlCollector
 from agents.publisher import Publisher, producer_config
 from agents.settings import AgentSettings
 from agents.spool import Spool
+from mfu.config import WindowSettings
 from mfu.events import FlopReport
 from mfu.topics import FLOPS, TELEMETRY
 
@@ -72,6 +76,11 @@ class Agent:
                                  compression=s.compression)
         self.publisher = Publisher(self.spool, config=config, producer_factory=producer_factory,
                                    retry_backoff_s=s.retry_backoff_s)
+        # K seconds per message (agents/envelope.py); the stream's MFU_WINDOW_* bound it.
+        windows = WindowSettings()
+        envelope_s = s.envelope_s or default_envelope_s(s.interval_s, windows)
+        check_envelope_s(envelope_s, s.interval_s, windows)
+        self.envelope = Envelope(envelope_s, s.interval_s)
         self.stats: Counter[tuple[str, ...]] = Counter()
         self._reports: list[FlopReport] = []
         self._lock = threading.Lock()
@@ -112,13 +121,16 @@ class Agent:
 
     # -- one interval ------------------------------------------------------------------
     def tick(self, ts: float) -> None:
-        """Collect and publish the interval ending at ``ts`` (epoch seconds)."""
+        """Collect the interval ending at ``ts`` (epoch seconds); publish the envelope
+        when ``ts`` is a flush instant (every interval with ``envelope_s = interval_s``)."""
         node = self.settings.node
         samples = self.collector.collect(ts)
         # engine counters after NVML: their GPUs come from this interval's pid -> GPU map
         reports = self._take_reports() + self.engines.collect(ts, self.collector.pid_to_uuid)
-        self.publisher.publish(TELEMETRY, samples, key=node)
-        self.publisher.publish(FLOPS, reports, key=node)
+        out = self.envelope.add(ts, samples, reports)
+        if out is not None:
+            self.publisher.publish(TELEMETRY, out[0], key=node)
+            self.publisher.publish(FLOPS, out[1], key=node)
         self._last_tick = self._clock()
         self._last_ts = ts
         self.stats[("ticks",)] += 1
@@ -205,7 +217,9 @@ class Agent:
         if self.intake_server is not None:
             self.intake_server.close()
             self.intake_server = None
-        self.publisher.publish(FLOPS, self._take_reports(), key=self.settings.node)
+        samples, reports = self.envelope.take()
+        self.publisher.publish(TELEMETRY, samples, key=self.settings.node)
+        self.publisher.publish(FLOPS, reports + self._take_reports(), key=self.settings.node)
         self.publisher.close(self.settings.shutdown_timeout_s)
         if self.metrics_server is not None:
             self.metrics_server.close()

@@ -67,6 +67,10 @@ class AgentSettings(BaseSettings):
     node: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200,
                       description="node name stamped on every event (default: host name)")
     interval_s: float = Field(1.0, gt=0, le=3600, description="sampling interval")
+    envelope_s: float | None = Field(
+        None, gt=0, le=3600, description="seconds of samples/reports per Kafka message "
+        "(a whole number of intervals, <= the window grace); unset: the largest that "
+        "divides the window and the grace (MFU_WINDOW_*), see agents/envelope.py")
     socket: str = Field("/run/mfu/agent.sock", description="FLOP report intake: Unix "
                         "datagram socket path or udp://127.0.0.1:PORT")
     workload_env: str = Field("MFU_WORKLOAD", min_length=1,

@@ -4,16 +4,23 @@ Needs a real Kafka and InfluxDB from ``MFU_KAFKA_*`` / ``MFU_INFLUX_*``: run
 ``eval "$(mfu dev up)"`` first. Each run uses fresh topics and a fresh app id.
 
 Throughput: ``--nodes`` nodes x 8 GPUs send one ``batch/1`` of GPU samples and one of
-FLOP reports per node per second (``--samples`` GPU samples in all, as many reports) to
+FLOP reports per node per ``--envelope-s`` seconds (default 1; the agent's
+``MFU_AGENT_ENVELOPE_S``) (``--samples`` GPU samples in all, as many reports) to
 topics with ``--partitions`` partitions, produced before the worker starts. One worker
 process (``mfu streams``) then consumes the backlog; its rate is GPU samples over the time
 from its partitions being assigned (it fetches at once) to the fleet record of the last
 window. The ceiling is a bare confluent-kafka consumer reading and JSON-decoding the same
-messages (both topics) in this process. Target: >= 50,000 GPU samples/s per worker.
+messages (both topics) in this process (the limit: product/limit is worker / it). The
+peer is quixstreams doing only the node-level tumbling-window job on the same messages
+(``bench/peers/quixstreams_node.py``, its own venv; product/peer is worker / it); every
+node-window it emits is checked (MFU 0.4, 80 GPU-seconds). Target: >= 50,000 GPU
+samples/s per worker.
 
 Latency: a fresh worker, then ``--latency-s`` seconds of samples and reports stamped with
-the current time, sent at each whole wall-clock second (``--latency-nodes`` x 8 GPUs).
-Per GPU sample: the time from producing it to its window's node record arriving on the
+the current time, sent at each whole wall-clock second (``--latency-nodes`` x 8 GPUs;
+with ``--envelope-s K``, K seconds at a time on multiples of K, as the agent does).
+Per GPU sample: the time from producing it (with K > 1: from its own second, so the time
+it waited in the envelope counts) to its window's node record arriving on the
 Kafka output topic, and to that record's point being visible in InfluxDB (polled every
 ``--poll-s``). Windows still open when the feed stops (closed by the idle timeout) are
 left out. Target: p99 <= window + grace + 2 s.
@@ -162,29 +169,39 @@ def _gpu_uuid(node: str, g: int) -> str:
     return f"GPU-{node}-{g}"
 
 
-def sample_batch(node: str, ts: float, event_id_prefix: str) -> bytes:
+def sample_batch(node: str, ts: float, event_id_prefix: str, envelope_s: int = 1) -> bytes:
+    """One node's GPU samples of the ``envelope_s`` one-second intervals ending at
+    ``ts - envelope_s + 1`` ... ``ts`` in one ``batch/1`` (what an agent publishes with
+    ``MFU_AGENT_ENVELOPE_S``)."""
     events = []
-    for g in range(GPUS_PER_NODE):
-        events.append({
-            "schema": "gpu_sample/1", "event_id": f"{event_id_prefix}-{node}-{g}-{ts:.0f}",
-            "node": node, "gpu_uuid": _gpu_uuid(node, g), "gpu_index": g, "gpu_name": GPU,
-            "mig_profile": None, "ts": ts, "interval_s": 1.0, "sm_util": 0.9,
-            "mem_util": 0.4, "tensor_active": 0.4, "sm_clock_mhz": 1980,
-            "max_sm_clock_mhz": 1980, "power_w": 690.0, "mem_used_bytes": 70_000_000_000,
-            "workloads": [f"job-{node}"],
-        })
+    for k in range(envelope_s - 1, -1, -1):
+        t = ts - k
+        for g in range(GPUS_PER_NODE):
+            events.append({
+                "schema": "gpu_sample/1", "event_id": f"{event_id_prefix}-{node}-{g}-{t:.0f}",
+                "node": node, "gpu_uuid": _gpu_uuid(node, g), "gpu_index": g, "gpu_name": GPU,
+                "mig_profile": None, "ts": t, "interval_s": 1.0, "sm_util": 0.9,
+                "mem_util": 0.4, "tensor_active": 0.4, "sm_clock_mhz": 1980,
+                "max_sm_clock_mhz": 1980, "power_w": 690.0, "mem_used_bytes": 70_000_000_000,
+                "workloads": [f"job-{node}"],
+            })
     return json.dumps({"schema": "batch/1", "events": events}).encode()
 
 
-def report_batch(node: str, end: float, flops: float, event_id_prefix: str) -> bytes:
+def report_batch(node: str, end: float, flops: float, event_id_prefix: str,
+                 envelope_s: int = 1) -> bytes:
+    """One node's FLOP reports of the ``envelope_s`` one-second intervals ending at
+    ``end - envelope_s + 1`` ... ``end`` in one ``batch/1``."""
     events = []
-    for g in range(GPUS_PER_NODE):
-        events.append({
-            "schema": "flop_report/1", "event_id": f"{event_id_prefix}-{node}-r{g}-{end:.0f}",
-            "workload": f"job-{node}", "rank": g, "node": node, "gpu_uuid": _gpu_uuid(node, g),
-            "start": end - 1.0, "end": end, "flops": flops, "precision": "bf16",
-            "tokens": 160.0,
-        })
+    for k in range(envelope_s - 1, -1, -1):
+        e = end - k
+        for g in range(GPUS_PER_NODE):
+            events.append({
+                "schema": "flop_report/1", "event_id": f"{event_id_prefix}-{node}-r{g}-{e:.0f}",
+                "workload": f"job-{node}", "rank": g, "node": node,
+                "gpu_uuid": _gpu_uuid(node, g), "start": e - 1.0, "end": e, "flops": flops,
+                "precision": "bf16", "tokens": 160.0,
+            })
     return json.dumps({"schema": "batch/1", "events": events}).encode()
 
 
@@ -199,20 +216,33 @@ def _producer(kafka: KafkaSettings) -> Producer:
 # --------------------------------------------------------------------------- throughput
 
 
-def produce_backlog(run: Run, nodes: int, seconds: int, windows: WindowSettings) -> int:
-    """Produce the throughput feed; returns the number of messages."""
+def produce_backlog(run: Run, nodes: int, seconds: int, windows: WindowSettings,
+                    envelope_s: int = 1) -> int:
+    """Produce the throughput feed, ``envelope_s`` seconds of one node per message
+    (``seconds`` is a multiple of it); returns the number of messages."""
     producer = _producer(run.kafka)
     flops = BENCH_MFU * peak_flops_per_s(GPU, "bf16")
     names = [run.node_name(i) for i in range(nodes)]
     parts = {n: run.partition(n) for n in names}
     tel, flo = run.topics["telemetry"], run.topics["flops"]
+    # Kafka timestamps follow event time (recent, in the past, so retention keeps them):
+    # quixstreams orders the partitions of its two inputs by message timestamp, and with
+    # produce-time stamps the telemetry of a partition can run ahead of its FLOP reports
+    # and close windows before their reports arrive (seen: 8 of 800 windows wrong).
+    base_ms = int(time.time() * 1000) - (seconds + 600) * 1000
+
+    def stamp(ts: float) -> int:
+        return base_ms + int((ts - T0) * 1000)
+
     count = 0
-    for i in range(seconds):
+    for i in range(envelope_s - 1, seconds, envelope_s):
         ts = float(T0 + i + 1)
         for n in names:
             key = n.encode()
-            producer.produce(tel, sample_batch(n, ts, "s"), key, partition=parts[n])
-            producer.produce(flo, report_batch(n, ts, flops, "r"), key, partition=parts[n])
+            producer.produce(tel, sample_batch(n, ts, "s", envelope_s), key,
+                             partition=parts[n], timestamp=stamp(ts))
+            producer.produce(flo, report_batch(n, ts, flops, "r", envelope_s), key,
+                             partition=parts[n], timestamp=stamp(ts))
             count += 2
         producer.poll(0)
     # A closer per partition: pushes every watermark past the last data window's end +
@@ -221,9 +251,10 @@ def produce_backlog(run: Run, nodes: int, seconds: int, windows: WindowSettings)
     for p in range(run.partitions):
         node = next(f"{run.suffix}-closer{j}" for j in range(10_000)
                     if run.partition(f"{run.suffix}-closer{j}") == p)
-        producer.produce(tel, sample_batch(node, close_ts, "c"), node.encode(), partition=p)
+        producer.produce(tel, sample_batch(node, close_ts, "c"), node.encode(), partition=p,
+                         timestamp=stamp(close_ts))
         producer.produce(flo, report_batch(node, close_ts, flops, "c"), node.encode(),
-                         partition=p)
+                         partition=p, timestamp=stamp(close_ts))
         count += 2
     if producer.flush(120) != 0:
         raise BenchError("messages left undelivered after 120 s")
@@ -390,7 +421,9 @@ def peer_python() -> Path:
 def quixstreams_peer(run: Run, nodes: int, last_window_s: float, windows: WindowSettings,
                      workdir: Path, timeout_s: float) -> dict[str, float]:
     """Run ``bench/peers/quixstreams_node.py`` on ``run``'s input topics (same messages as
-    the worker): seconds from its first message to every node's last window emitted."""
+    the worker): seconds from its first message to every node's last window emitted, the
+    windows it emitted and how many of them were wrong (node MFU != ``BENCH_MFU`` or
+    GPU-seconds != GPUs x window)."""
     env = dict(os.environ)
     env.update({"PEER_BOOTSTRAP": run.kafka.bootstrap, "PEER_TELEMETRY": run.topics["telemetry"],
                 "PEER_FLOPS": run.topics["flops"], "PEER_OUTPUT": run.topics["peer"],
@@ -398,6 +431,8 @@ def quixstreams_peer(run: Run, nodes: int, last_window_s: float, windows: Window
                 "PEER_GRACE_S": str(windows.grace_s),
                 "PEER_PEAK_FLOPS_PER_S": repr(peak_flops_per_s(GPU, "bf16")),
                 "PEER_LAST_WINDOW_S": repr(last_window_s), "PEER_NODES": str(nodes),
+                "PEER_EXPECT_MFU": repr(BENCH_MFU),
+                "PEER_EXPECT_GPU_S": repr(GPUS_PER_NODE * windows.size_s),
                 "PEER_STATE_DIR": str(workdir / "peer-state")})
     proc = subprocess.Popen([str(peer_python()), str(PEER_DIR / "quixstreams_node.py")],
                             env=env, cwd=workdir, stdin=subprocess.DEVNULL,
@@ -411,10 +446,14 @@ def quixstreams_peer(run: Run, nodes: int, last_window_s: float, windows: Window
         for line in proc.stdout:
             output.append(line)
             if line.startswith("PEER "):
-                _, wall, cpu, count = line.split()
+                _, wall, cpu, count, wrong = line.split()
                 return {"seconds": float(wall), "cpu_seconds": float(cpu),
-                        "windows": float(count)}
-        raise BenchError("quixstreams peer exited early:\n" + "".join(output[-30:]))
+                        "windows": int(count), "wrong_windows": int(wrong),
+                        "wrong_examples": [x.strip() for x in output
+                                           if x.startswith("peer: wrong window")]}
+        rc = proc.wait(30)
+        raise BenchError(f"quixstreams peer exited early (exit status {rc}):\n"
+                         + "".join(output[-30:]))
     finally:
         timer.cancel()
         if proc.poll() is None:
@@ -435,13 +474,17 @@ def bench_throughput(kafka: KafkaSettings, args: argparse.Namespace) -> dict[str
     windows = WindowSettings(size_s=args.window_s, grace_s=args.grace_s)
     seconds = math.ceil(args.samples / (args.nodes * GPUS_PER_NODE))
     seconds = max(int(math.ceil(seconds / windows.size_s) * windows.size_s), int(windows.size_s))
+    envelope_s = int(args.envelope_s)
+    if envelope_s < 1 or seconds % envelope_s or int(windows.size_s) % envelope_s:
+        raise BenchError(f"--envelope-s {args.envelope_s}: must be a whole number of seconds "
+                         f"dividing the window ({windows.size_s} s)")
     samples = seconds * args.nodes * GPUS_PER_NODE
     run = Run(kafka, args.partitions, "tp")
     run.create()
     workdir = Path(tempfile.mkdtemp(prefix="mfu-bench-streams-"))
     try:
         t = time.perf_counter()
-        messages = produce_backlog(run, args.nodes, seconds, windows)
+        messages = produce_backlog(run, args.nodes, seconds, windows, envelope_s)
         produce_s = time.perf_counter() - t
         ceiling = bare_consumer(run, messages)
         floor = faust_floor(run, messages, workdir)
@@ -461,7 +504,7 @@ def bench_throughput(kafka: KafkaSettings, args: argparse.Namespace) -> dict[str
         return {
             "nodes": args.nodes, "gpus": args.nodes * GPUS_PER_NODE, "event_seconds": seconds,
             "gpu_samples": samples, "flop_reports": samples, "messages": messages,
-            "partitions": args.partitions, "produce_s": produce_s,
+            "partitions": args.partitions, "envelope_s": envelope_s, "produce_s": produce_s,
             "worker_s": elapsed, "worker_samples_per_s": rate,
             "worker_events_per_s": 2 * samples / elapsed,
             "ceiling_s": ceiling["seconds"], "ceiling_samples_per_s": ceiling["samples_per_s"],
@@ -475,6 +518,13 @@ def bench_throughput(kafka: KafkaSettings, args: argparse.Namespace) -> dict[str
             "peer_cpu_s": peer["cpu_seconds"] if peer else None,
             "peer_samples_per_s": samples / peer["seconds"] if peer else None,
             "ratio_to_peer": rate / (samples / peer["seconds"]) if peer else None,
+            "peer_windows": peer["windows"] if peer else None,
+            "peer_wrong_windows": peer["wrong_windows"] if peer else None,
+            "peer_wrong_examples": peer["wrong_examples"] if peer else None,
+            # every node-window of the feed out once, each with MFU 0.4 over 80 GPU-s
+            "peer_ok": (peer["wrong_windows"] == 0
+                        and peer["windows"] == args.nodes * seconds // int(windows.size_s))
+            if peer else True,
             "last_window_fleet_mfu": rec["mfu"], "last_window_gpus": rec["gpus"],
             "mfu_ok": rec["mfu"] is not None and abs(rec["mfu"] - BENCH_MFU) < 1e-9
             and rec["gpus"] == args.nodes * GPUS_PER_NODE,
@@ -567,6 +617,9 @@ def _percentile(values: list[float], q: float) -> float:
 def bench_latency(kafka: KafkaSettings, influx: InfluxSettings,
                   args: argparse.Namespace) -> dict[str, Any]:
     windows = WindowSettings(size_s=args.window_s, grace_s=args.grace_s)
+    if args.envelope_s < 1 or args.envelope_s > max(1.0, windows.grace_s):
+        raise BenchError(f"--envelope-s {args.envelope_s}: the latency feed needs "
+                         f"1 <= K <= grace ({windows.grace_s} s), as the agent does")
     run = Run(kafka, args.partitions, "lat")
     run.create()
     workdir = Path(tempfile.mkdtemp(prefix="mfu-bench-streams-"))
@@ -585,17 +638,23 @@ def bench_latency(kafka: KafkaSettings, influx: InfluxSettings,
         inf.start()
         first = math.floor(time.time()) + 1
         stop = first + int(args.latency_s)
+        k = int(args.envelope_s)
         for sec in range(first, stop + 1):
             time.sleep(max(0.0, sec - time.time()))
+            if sec % k and sec != stop:
+                continue  # an agent with MFU_AGENT_ENVELOPE_S = k flushes on multiples of k
+            held = min(k if sec % k == 0 else sec % k, sec - first + 1)
             ts = float(sec)
-            ws = math.floor((ts - 0.5) / windows.size_s) * windows.size_s
             for n in names:
                 key = n.encode()
-                producer.produce(run.topics["telemetry"], sample_batch(n, ts, "l"), key,
+                producer.produce(run.topics["telemetry"], sample_batch(n, ts, "l", held), key,
                                  partition=parts[n])
-                producer.produce(run.topics["flops"], report_batch(n, ts, flops, "l"), key,
-                                 partition=parts[n])
-                sent.append((n, ws, time.time()))
+                producer.produce(run.topics["flops"], report_batch(n, ts, flops, "l", held),
+                                 key, partition=parts[n])
+                # latency from each sample's own time (the second its interval ended)
+                for t in range(sec - held + 1, sec + 1):
+                    ws = math.floor((t - 0.5) / windows.size_s) * windows.size_s
+                    sent.append((n, ws, max(float(t), time.time()) if k == 1 else float(t)))
             producer.flush(10)
             worker.check()
         # Measured: windows closed on the watermark while the feed still ran.
@@ -667,7 +726,8 @@ def _print(result: dict[str, Any]) -> None:
     if tp:
         print(f"throughput: {tp['gpu_samples']:,} GPU samples + {tp['flop_reports']:,} FLOP "
               f"reports ({tp['nodes']} nodes x {GPUS_PER_NODE} GPUs x {tp['event_seconds']} s) "
-              f"in {tp['messages']:,} batch/1 messages, {tp['partitions']} partitions")
+              f"in {tp['messages']:,} batch/1 messages of {tp['envelope_s']} s each, "
+              f"{tp['partitions']} partitions")
         print(f"  worker (1 process)     {tp['worker_samples_per_s']:>10,.0f} GPU samples/s "
               f"({tp['worker_events_per_s']:,.0f} events/s; {tp['worker_s']:.2f} s from "
               "partitions assigned to the last window's fleet record)")
@@ -679,11 +739,16 @@ def _print(result: dict[str, Any]) -> None:
         if tp.get("peer"):
             print(f"  {tp['peer']:<22} {tp['peer_samples_per_s']:>10,.0f} GPU samples/s "
                   f"(the peer: node-level windows only, no validation/dedup/roll-up/InfluxDB; "
-                  f"{tp['peer_s']:.2f} s, {tp['peer_cpu_s']:.2f} s CPU)")
-        print(f"  ratio worker / ceiling {tp['ratio']:>10.2f}   (worker / bare Faust "
-              f"{tp['ratio_to_faust_floor']:.2f})")
+                  f"{tp['peer_s']:.2f} s, {tp['peer_cpu_s']:.2f} s CPU; "
+                  f"{tp['peer_windows']} node-windows, {tp['peer_wrong_windows']} wrong: "
+                  f"{'ok' if tp['peer_ok'] else 'WRONG'})")
+        for line in tp.get("peer_wrong_examples") or []:
+            print(f"    {line}")
+        print(f"  product/limit          {tp['ratio']:>10.2f}   (worker / bare consumer + JSON; "
+              f"worker / bare Faust {tp['ratio_to_faust_floor']:.2f})")
         if tp.get("peer"):
-            print(f"  ratio worker / peer    {tp['ratio_to_peer']:>10.2f}   (product/peer)")
+            print(f"  product/peer           {tp['ratio_to_peer']:>10.2f}   (worker / "
+                  f"{tp['peer']}, same input, same run)")
         print(f"  fleet MFU of the last window {tp['last_window_fleet_mfu']} over "
               f"{tp['last_window_gpus']} GPUs ({'ok' if tp['mfu_ok'] else 'WRONG'})")
         print(f"  target >= {TARGET_SAMPLES_PER_S:,} GPU samples/s per worker: "
@@ -717,6 +782,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace-s", type=float, default=2.0)
     parser.add_argument("--timeout-s", type=float, default=600.0,
                         help="give up on the throughput worker after this long")
+    parser.add_argument("--envelope-s", type=int, default=1,
+                        help="seconds of one node per input message (the agent's "
+                        "MFU_AGENT_ENVELOPE_S); divides the window")
     parser.add_argument("--no-peer", action="store_true",
                         help="skip the quixstreams peer (it needs its own venv, made once)")
     parser.add_argument("--profile", type=Path, help="run the throughput worker under "
@@ -746,5 +814,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{os.cpu_count()} CPUs")
         _print(result)
     ok = all(part.get("target_met", True) and part.get("mfu_ok", True)
+             and part.get("peer_ok", True)
              for part in (result.get("throughput") or {}, result.get("latency") or {}))
     return 0 if ok else 1

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML or TOML file with AgentSettings fields")
     p.add_argument("--node", help="node name on every event (default: host name)")
     p.add_argument("--interval-s", type=float, help="sampling interval, seconds (default 1)")
+    p.add_argument("--envelope-s", type=float, help="seconds of samples per Kafka message "
+                   "(MFU_AGENT_ENVELOPE_S; default: the largest <= the window grace that "
+                   "divides window and grace)")
     p.add_argument("--socket", help="intake: Unix socket path or udp://127.0.0.1:PORT "
                    "(default /run/mfu/agent.sock)")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default MFU_KAFKA_BOOTSTRAP)")
@@ -109,7 +112,7 @@ def agent_settings(args: argparse.Namespace) -> Any:
 
     flags = {
         "config_file": args.config, "node": args.node, "interval_s": args.interval_s,
-        "socket": args.socket, "spool_dir": args.spool_dir,
+        "envelope_s": args.envelope_s, "socket": args.socket, "spool_dir": args.spool_dir,
         "spool_max_bytes": args.spool_max_bytes, "metrics_host": args.metrics_host,
         "metrics_port": args.metrics_port, "proc_root": args.proc_root,
         "workload_env": args.workload_env,
@@ -134,6 +137,8 @@ def run_agent(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CLIError(f"cannot open the spool at {settings.spool_dir}: {exc.strerror}; "
                        "pass --spool-dir to a writable directory") from None
+    except ValueError as exc:  # e.g. an envelope longer than the window grace
+        raise CLIError(f"bad agent settings: {exc}") from None
     try:
         agent.start()
     except OSError as exc:

@@ -12,9 +12,16 @@ fleet roll-up, InfluxDB), so the comparison flatters the peer.
 
 Environment: ``PEER_BOOTSTRAP``, ``PEER_TELEMETRY``, ``PEER_FLOPS``, ``PEER_OUTPUT``,
 ``PEER_GROUP``, ``PEER_WINDOW_S``, ``PEER_GRACE_S``, ``PEER_PEAK_FLOPS_PER_S`` (one GPU's
-peak), ``PEER_LAST_WINDOW_S`` (start of the last data window) and ``PEER_NODES``. Prints
-``PEER <wall seconds> <cpu seconds> <windows>`` once every node's last window is out,
-timed from the first message, then stops.
+peak), ``PEER_LAST_WINDOW_S`` (start of the last data window), ``PEER_NODES``,
+``PEER_EXPECT_MFU`` and ``PEER_EXPECT_GPU_S`` (what every node-window must hold: the
+check that the peer computed the job, not just read it) and ``PEER_LOGLEVEL``. Prints
+``PEER <wall seconds> <cpu seconds> <windows> <wrong windows>`` once every node's last
+window is out, timed from the first message, then stops.
+
+Windows close on the partition's event time (``final(closing_strategy="partition")``),
+as our worker's do: with quixstreams' default (``"key"``) a node's last window closes
+only when that same node sends a later event, so the last windows of a finished feed
+never close (the peer then waited until the bench's timeout killed it, printing nothing).
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ grace_ms = int(float(env["PEER_GRACE_S"]) * 1000)
 peak = float(env["PEER_PEAK_FLOPS_PER_S"])
 last_ms = int(float(env["PEER_LAST_WINDOW_S"]) * 1000)
 nodes = int(env["PEER_NODES"])
-state = {"t0": 0.0, "c0": 0.0, "windows": 0, "last": 0}
+expect_mfu = float(env.get("PEER_EXPECT_MFU", "nan"))
+expect_gpu_s = float(env.get("PEER_EXPECT_GPU_S", "nan"))
+state = {"t0": 0.0, "c0": 0.0, "windows": 0, "last": 0, "wrong": 0}
 
 app = Application(broker_address=env["PEER_BOOTSTRAP"], consumer_group=env["PEER_GROUP"],
-                  auto_offset_reset="earliest", loglevel="WARNING",
+                  auto_offset_reset="earliest", loglevel=env.get("PEER_LOGLEVEL", "WARNING"),
                   state_dir=env.get("PEER_STATE_DIR", "state"))
 telemetry = app.topic(env["PEER_TELEMETRY"], value_deserializer="json")
 flops = app.topic(env["PEER_FLOPS"], value_deserializer="json")
@@ -71,12 +80,17 @@ def record(win: dict) -> dict:
 
 def done(rec: dict) -> None:
     state["windows"] += 1
+    if (rec["mfu"] is None or abs(rec["mfu"] - expect_mfu) > 1e-9
+            or abs(rec["gpu_seconds"] - expect_gpu_s) > 1e-9):
+        state["wrong"] += 1
+        if state["wrong"] <= 3:
+            sys.stderr.write(f"peer: wrong window {rec}\n")
     if rec["window_start"] * 1000 == last_ms:
         state["last"] += 1
         if state["last"] == nodes:
             wall = time.perf_counter() - state["t0"]
             cpu = time.process_time() - state["c0"]
-            sys.stdout.write(f"PEER {wall} {cpu} {state['windows']}\n")
+            sys.stdout.write(f"PEER {wall} {cpu} {state['windows']} {state['wrong']}\n")
             sys.stdout.flush()
             app.stop()
 
@@ -92,7 +106,7 @@ reports = (app.dataframe(flops).apply(started)
 windows = (samples.concat(reports)
            .tumbling_window(duration_ms=window_ms, grace_ms=grace_ms)
            .reduce(add, lambda part: dict(part))
-           .final()
+           .final(closing_strategy="partition")
            .apply(record))
 windows.update(done)
 windows.to_topic(output)

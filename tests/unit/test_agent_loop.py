@@ -30,6 +30,7 @@ def wait_for(predicate, timeout_s: float = 10.0) -> None:
 
 
 def settings(tmp_path: Path, **kw) -> AgentSettings:
+    kw.setdefault("envelope_s", 0.2)  # one message per interval (envelopes: test_agent_envelope)
     return AgentSettings(node="n1", interval_s=0.2, socket=str(tmp_path / "agent.sock"),
                          spool_dir=tmp_path / "spool", metrics_port=0,
                          proc_root=tmp_path / "proc", **kw)
