@@ -1,6 +1,6 @@
 """Inference-engine counters: Prometheus exposition text -> per-series interval deltas.
 
-What is read (names confirmed in the engines' sources, see ``docs/engines.md``):
+What is read (names confirmed in the engines' sources, see ``docs/inference.md``):
 
 - vLLM (``vllm/v1/metrics/perf.py``, ``PerfMetricsProm``; advancing only with
   ``--enable-mfu-metrics``): ``vllm:estimated_flops_per_gpu_total``,

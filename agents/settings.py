@@ -103,7 +103,7 @@ class AgentSettings(BaseSettings):
     max_reports_per_interval: int = Field(50_000, ge=1, description="intake buffer bound")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     # Inference engines (vLLM, SGLang) whose FLOP/byte counters become flop_report/1
-    # with source "engine" (see agents/engines.py and docs/engines.md).
+    # with source "engine" (see agents/engines.py and docs/inference.md).
     engines: list[EngineTarget] = Field(default_factory=list, description="configured "
                                         "engines: url, workload [, precision, gpu_uuids, phase]")
     engine_discovery: bool = Field(True, description="find engines above GPU processes "

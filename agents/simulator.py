@@ -15,7 +15,7 @@ model bytes), one reporter double counts. The hardware counters follow physics, 
 estimator: pipe activity = what the pipe did (model FLOPs x the archetype's overhead:
 recomputation, non-model work) / what it can do at the current SM clock; DRAM activity =
 bytes/s / peak bandwidth; energy = power x interval (NVML's counter). Archetypes
-(:data:`ARCHETYPES`, table in docs/sim.md) include the seed's failure modes plus a
+(:data:`ARCHETYPES`, table in docs/simulator.md) include the seed's failure modes plus a
 drift: one workload's MFU drops by ``drift_fraction`` from ``drift_at_s`` on.
 
 Clocks: :meth:`run` paces ticks on the wall clock (``realtime=True``) or emits

@@ -191,7 +191,7 @@ def delay_windows(e: CloudEvent | None, change_s: float, window_s: float = 10.0)
 def estimate_gap(sim: FleetSimulator, res: MixResult, every: int = 6) -> dict[str, float]:
     """Fleet ``mfu_estimated`` vs the ground truth, mean over every ``every``-th fleet
     window, with the exact decomposition ``estimated - truth(known + counters) =
-    over_reported + hardware_not_model + estimator`` (see docs/mix.md)."""
+    over_reported + hardware_not_model + estimator`` (see docs/validation.md)."""
     keys = ("mfu", "truth_mfu", "mfu_estimated", "truth_estimable", "truth_all",
             "over_reported", "hardware_not_model", "estimator")
     acc = dict.fromkeys(keys, 0.0)

@@ -4,7 +4,7 @@ with restarts, discovery from a fake /proc, and scraping a real local HTTP serve
 The fixtures in ``tests/unit/fixtures/engines/`` were written by ``prometheus_client``
 with each metric declared exactly as vLLM (``vllm/v1/metrics/loggers.py``, ``perf.py``)
 and SGLang (``python/sglang/srt/metrics/collector.py``) declare it (name, HELP, label
-names), ``_created`` values pinned; see docs/engines.md.
+names), ``_created`` values pinned; see docs/inference.md.
 """
 
 from __future__ import annotations

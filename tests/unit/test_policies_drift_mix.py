@@ -69,7 +69,7 @@ def test_full_archetype_mix_for_an_hour() -> None:
     """A reduced demo fleet with every archetype (8 nodes x 8, H100 and A100 nodes
     alternating, seed 7), 3600 s of 2-s samples, drift of the first LLM job by 30% at
     1800 s, the simulator's own 2x reporter (moe-train-0); the default rules. The full
-    demo fleet's hour is `python -m tests.policies_mix` (numbers in docs/mix.md)."""
+    demo fleet's hour is `python -m tests.policies_mix` (numbers in docs/validation.md)."""
     config = load_rules(DEFAULT_RULES_PATH)
     sim, res = run_mix(config, nodes=8, duration_s=3600, interval_s=2.0, drift_at_s=1800)
     drifting = f"workload/{sim.drift_workload}"
