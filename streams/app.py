@@ -97,10 +97,17 @@ class _PartitionState:
     last_input_wall: float = field(default_factory=time.monotonic)
     idle_announced_at: float = 0.0
     idle: bool = False  # told the roll-up this partition holds nothing back
+    # topic -> (offset sought back to, monotonic time): messages after it are dropped
+    # until it arrives again (see Runtime._in_sequence).
+    rewind: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Restored progress is durable: windows it says are closed were written.
         self.durable_closed_through = self.stage.progress.closed_through
+
+
+# Longest wait, seconds, for a sought-back offset before accepting a hole in a partition.
+REWIND_PATIENCE_S = 10.0
 
 
 class Runtime:
@@ -119,7 +126,7 @@ class Runtime:
         self.node_lock = asyncio.Lock()
         self.counters: dict[str, int] = {"events": 0, "deadletter": 0, "late": 0,
                                          "duplicates": 0, "records": 0, "stale": 0,
-                                         "redelivered": 0}
+                                         "redelivered": 0, "gaps": 0}
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = app.topic(settings.telemetry_topic, settings.flops_topic, **raw)
         self.partials = app.topic(settings.partials_topic, partitions=kafka.partitions, **raw)
@@ -268,6 +275,35 @@ class Runtime:
         if await self._persist("rollup", partition, st):
             self._release("rollup", partition, st)
 
+    async def rewind_uncommitted(self) -> None:
+        """Seek partitions without a committed offset back to their first offset.
+
+        After recovery Faust seeks every partition to its committed offset, and drops what
+        it fetched meanwhile (its queues clear when the flow resumes); but aiokafka seeks
+        only where an offset above 0 is committed. A partition with nothing committed yet
+        thus went on after the dropped messages: they were never processed (seen: offsets
+        4-23 of every input partition lost after a restart). Called from Faust's
+        ``on_rebalance_complete``, just before its own seek and the flow's resume.
+        """
+        ours = {self.s.telemetry_topic, self.s.flops_topic, self.s.partials_topic}
+        consumer = self.app.consumer
+        try:
+            tps = [tp for tp in consumer.assignment() if tp.topic in ours]
+            if not tps:
+                return
+            committed = await consumer.seek_to_committed()
+            bare = [tp for tp in tps if not committed.get(tp)]
+            if not bare:
+                return
+            earliest = await consumer.earliest_offsets(*bare)
+            await consumer.seek_wait({tp: earliest.get(tp) or 0 for tp in bare})
+        except Exception:
+            # Better a crash and a replay from the committed offsets than a silent gap.
+            log.critical("could not rewind partitions without committed offsets",
+                         exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
     # --- input -------------------------------------------------------------------
 
     def _stale(self, message: Any) -> bool:
@@ -353,6 +389,8 @@ class Runtime:
         message = event.message
         topic, offset = message.topic, message.offset
         st = self.node_state(message.partition)
+        if not await self._in_sequence(st, message, now):
+            return None
         if not st.acks.is_new(topic, offset):
             # Seen by this state already (fetched again): the first delivery carries
             # the ack; counting it twice would inflate duplicates or lateness.
@@ -410,6 +448,44 @@ class Runtime:
             futs += await self._send_markers(message.partition, st.stage, idle=False)
         return st
 
+    async def _in_sequence(self, st: _PartitionState, message: Any, now: float) -> bool:
+        """False for a message to drop because messages before it were skipped.
+
+        The pipeline's topics have contiguous offsets (idempotent producers, no
+        transactions), so an offset more than one past the last one taken means Faust
+        dropped messages in between (seen after a restart: its queues are cleared when
+        the flow resumes, while a partition with nothing committed is not sought back).
+        Seek back to the first missing offset and drop what arrives after it until it
+        comes again; a real hole (compaction, aborted transactions, retention) is
+        accepted after ``REWIND_PATIENCE_S``.
+        """
+        topic, offset = message.topic, message.offset
+        pending = st.rewind.get(topic)
+        if pending is not None:
+            expected, since = pending
+            if offset < expected:
+                return True  # a redelivery: is_new drops it
+            if offset == expected:
+                del st.rewind[topic]
+                return True
+            if now - since < REWIND_PATIENCE_S:
+                return False
+            del st.rewind[topic]
+            log.error("offsets missing from a partition; going on without them",
+                      extra={"topic": topic, "partition": message.partition,
+                             "missing_from": expected, "offset": offset})
+            return True
+        last = st.acks.taken.get(topic)
+        if last is None or offset <= last + 1:
+            return True
+        self.counters["gaps"] += 1
+        log.warning("input offsets jumped: seeking back to the first skipped message",
+                    extra={"topic": topic, "partition": message.partition,
+                           "after": last, "offset": offset})
+        st.rewind[topic] = (last + 1, now)
+        await self.app.consumer.seek(TP(topic, message.partition), last + 1)
+        return False
+
     async def on_partial(self, event: Any) -> None:
         message = event.message
         while self.app.rebalancing:  # state only after recovery: see on_inputs
@@ -422,6 +498,8 @@ class Runtime:
             return  # revoked meanwhile: its new owner replays it
         partition = message.partition
         st = self.rollup_state(partition)
+        if not await self._in_sequence(st, message, time.monotonic()):
+            return
         if not st.acks.is_new(message.topic, message.offset):
             self.counters["redelivered"] += 1
             return
@@ -639,5 +717,9 @@ def build_app(
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         rt.forget(assigned)  # restored from the progress table on first use
+
+    @app.on_rebalance_complete.connect
+    async def rewind_uncommitted(sender: Any, **kwargs: Any) -> None:
+        await rt.rewind_uncommitted()
 
     return app, rt

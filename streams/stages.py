@@ -421,9 +421,10 @@ class RollupStage(_Base):
         out = Closed(ws)
         for (scope, key), rw in sorted(self.open.pop(ws, {}).items()):
             late = self.pending_late.pop((scope, key), 0)
+            # A node's partial seen twice (rw.duplicates) is the node stage re-emitting a
+            # window after a crash (at-least-once), not a duplicate input event: the first
+            # copy counts, and the record is the same as without the crash.
             rec = rw.close(self.fleet, late_events=late)
-            if rw.duplicates:
-                rec = rec.model_copy(update={"duplicates": rec.duplicates + rw.duplicates})
             out.records.append(rec)
         self._mark_closed(ws)
         return out
