@@ -275,35 +275,6 @@ class Runtime:
         if await self._persist("rollup", partition, st):
             self._release("rollup", partition, st)
 
-    async def rewind_uncommitted(self) -> None:
-        """Seek partitions without a committed offset back to their first offset.
-
-        After recovery Faust seeks every partition to its committed offset, and drops what
-        it fetched meanwhile (its queues clear when the flow resumes); but aiokafka seeks
-        only where an offset above 0 is committed. A partition with nothing committed yet
-        thus went on after the dropped messages: they were never processed (seen: offsets
-        4-23 of every input partition lost after a restart). Called from Faust's
-        ``on_rebalance_complete``, just before its own seek and the flow's resume.
-        """
-        ours = {self.s.telemetry_topic, self.s.flops_topic, self.s.partials_topic}
-        consumer = self.app.consumer
-        try:
-            tps = [tp for tp in consumer.assignment() if tp.topic in ours]
-            if not tps:
-                return
-            committed = await consumer.seek_to_committed()
-            bare = [tp for tp in tps if not committed.get(tp)]
-            if not bare:
-                return
-            earliest = await consumer.earliest_offsets(*bare)
-            await consumer.seek_wait({tp: earliest.get(tp) or 0 for tp in bare})
-        except Exception:
-            # Better a crash and a replay from the committed offsets than a silent gap.
-            log.critical("could not rewind partitions without committed offsets",
-                         exc_info=True)
-            logging.shutdown()
-            os._exit(70)
-
     # --- input -------------------------------------------------------------------
 
     def _stale(self, message: Any) -> bool:
@@ -717,9 +688,5 @@ def build_app(
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         rt.forget(assigned)  # restored from the progress table on first use
-
-    @app.on_rebalance_complete.connect
-    async def rewind_uncommitted(sender: Any, **kwargs: Any) -> None:
-        await rt.rewind_uncommitted()
 
     return app, rt
