@@ -61,8 +61,11 @@ def test_every_bad_input_class_is_dead_lettered_and_valid_windows_stay_exact(
     for fut in kafka_admin.incremental_alter_configs([res]).values():
         fut.result(timeout=30)
     fleet = SmallFleet(topics, PARTITIONS)
+    # MFU_KAFKA_PARTITIONS says 8: the worker must adopt the inputs' 5 (it used to
+    # crash-loop on "Unrecognized partition" after make demo's 4-partition topics).
     worker = Worker(worker_env(topics, kafka_bootstrap, influx, partitions=PARTITIONS,
-                               idle_timeout_s=3.0), tmp_path)
+                               idle_timeout_s=3.0, extra={"MFU_KAFKA_PARTITIONS": "8"}),
+                    tmp_path)
     feeder = Feeder(kafka_bootstrap, topics, PARTITIONS)
     raw = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 3_000_000})
     collector = Collector(kafka_bootstrap, [topics[k] for k in (*OUTPUT_KINDS, "deadletter")])
@@ -120,6 +123,7 @@ def test_every_bad_input_class_is_dead_lettered_and_valid_windows_stay_exact(
                            f"{total} dead letters", worker)
         collector.poll(1.0)
         assert worker.alive(), worker.log_tail()
+        assert "input topics have 5 partitions; using 5" in worker.log_path.read_text()
         fleet.check(collector, WINDOWS)
 
         letters = collector.records[topics["deadletter"]]
