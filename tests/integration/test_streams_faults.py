@@ -132,7 +132,8 @@ def _check_commits(s: _Run, kill: int) -> None:
 
 
 class _Run:
-    def __init__(self, bootstrap: str, admin: AdminClient, influx: Any, workdir: Path) -> None:
+    def __init__(self, bootstrap: str, admin: AdminClient, influx: Any, workdir: Path,
+                 *, idle_timeout_s: float = 10.0) -> None:
         self.bootstrap = bootstrap
         self.admin = admin
         self.influx = influx
@@ -143,7 +144,7 @@ class _Run:
         self.proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 8086).start()
         proxied = replace(influx, url=self.proxy.url)
         self.worker = Worker(worker_env(self.topics, bootstrap, proxied, partitions=PARTITIONS,
-                                        idle_timeout_s=10.0), workdir)
+                                        idle_timeout_s=idle_timeout_s), workdir)
         self.feeder = Feeder(bootstrap, self.topics, PARTITIONS)
         self.collector = Collector(bootstrap, [self.topics[k] for k in OUTPUT_KINDS])
         self.commits: list[tuple[int, str, list[int]]] = []
@@ -242,6 +243,43 @@ def test_sigkill_at_random_moments_and_influx_outage_give_exact_windows(
         assert all(r < 30 for r in recoveries + joined), (joined, recoveries)
     finally:
         s.close()
+
+
+def test_broker_outage_delays_results_without_losing_them(
+        influx: Any, tmp_path: Path) -> None:
+    """A private broker (the shared one must not stop) goes away for a few seconds in
+    the middle of a paced run and comes back on the same port."""
+    from devenv import kafka as devkafka
+
+    rng = random.Random(SEED + 1)
+    broker = devkafka.LocalKafka(devkafka.provision(lambda *_: None), tmp_path / "kafka")
+    broker.start()
+    bootstrap = broker.bootstrap
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # Idle timeout above the outage: input stops arriving while the broker is away.
+    s = _Run(bootstrap, admin, influx, tmp_path / "worker", idle_timeout_s=30.0)
+    try:
+        s.worker.start()
+        wait_for_group(bootstrap, s.topics.app_id, 1, s.topics["telemetry"], timeout_s=90,
+                       worker=s.worker)
+        feeder = threading.Thread(target=s.feed, daemon=True)
+        feeder.start()
+        s.run_for(rng.uniform(4.0, 8.0))
+        broker.stop()  # controlled shutdown: clients see the broker go away
+        time.sleep(rng.uniform(4.0, 8.0))
+        broker.start()
+        assert s.fed.wait(180) and not s.feed_error, s.feed_error
+        windows = range(SECONDS // int(WINDOW_S))
+        s.collector.wait_for(s.fleet.have(s.collector, windows), 150,
+                             f"windows {windows} after the broker outage", s.worker)
+        s.run_for(2.0)
+        assert s.worker.alive(), s.worker.log_tail()
+        repeats = s.fleet.check(s.collector, windows)
+        _influx_complete(s, windows)
+        print(f"[broker outage] repeats (identical) {repeats}")
+    finally:
+        s.close()
+        broker.stop()
 
 
 def _influx_complete(s: _Run, windows: range, timeout_s: float = 60) -> None:
