@@ -25,13 +25,19 @@ from pydantic import (
 
 from mfu.precision import Precision
 
+# Numbers are strict (the contract says wrong types are refused): a JSON string such as
+# "5e14" or a boolean is never converted to a number; an integer is accepted for a float.
 # A ratio 0..1 (utilisations, MFU).
-Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
-NonNegative = Annotated[float, Field(ge=0.0)]
+Ratio = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
+NonNegative = Annotated[float, Field(ge=0.0, strict=True)]
 # Epoch seconds; 1e9 is 2001-09-09, 1e10 is year 2286: anything outside is a unit bug
 # (milliseconds or nanoseconds sent as seconds) and is refused with that hint.
-EpochSeconds = Annotated[float, Field(gt=1e9, lt=1e10)]
-Name = Annotated[str, Field(min_length=1, max_length=256)]
+EpochSeconds = Annotated[float, Field(gt=1e9, lt=1e10, strict=True)]
+# Names become Kafka keys and InfluxDB tag values: no control characters (newline, tab,
+# NUL, ...), which break line protocol and logs. Checked by pattern (in Rust, fast);
+# describe_validation_error turns its message into a readable reason.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+Name = Annotated[str, Field(min_length=1, max_length=256, pattern=NAME_PATTERN)]
 
 # No single GPU does more than this many dense FLOP/s (B200 fp8 dense is ~4.5e15);
 # a report above it is a unit or counting bug, not a fast GPU.
@@ -78,20 +84,20 @@ class GpuSample(Event):
     schema_name: Literal["gpu_sample/1"] = Field("gpu_sample/1", alias="schema")
     node: Name
     gpu_uuid: Name
-    gpu_index: int = Field(ge=0, le=1023)
+    gpu_index: int = Field(ge=0, le=1023, strict=True)
     gpu_name: Name
     mig_profile: str | None = None
     ts: EpochSeconds
-    interval_s: float = Field(gt=0.0, le=MAX_INTERVAL_S)
+    interval_s: float = Field(gt=0.0, le=MAX_INTERVAL_S, strict=True)
     sm_util: Ratio | None
     mem_util: Ratio | None
     tensor_active: Ratio | None = None
     sm_clock_mhz: NonNegative | None = None
     max_sm_clock_mhz: NonNegative | None = None
     power_w: NonNegative | None = None
-    mem_used_bytes: int | None = Field(None, ge=0)
-    mem_total_bytes: int | None = Field(None, ge=0)
-    throttle_reasons: int | None = Field(None, ge=0)
+    mem_used_bytes: int | None = Field(None, ge=0, strict=True)
+    mem_total_bytes: int | None = Field(None, ge=0, strict=True)
+    throttle_reasons: int | None = Field(None, ge=0, strict=True)
     workloads: list[Name] = Field(default_factory=list, max_length=64)
     # DESIGN.md §8 (all optional). Energy the GPU used in the interval, joules: from
     # NVML's total-energy counter ("counter") or power x interval ("power") where the
@@ -118,11 +124,11 @@ class Parallelism(BaseModel):
     """Degrees of parallelism of a job (all >= 1)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
-    tp: int = Field(1, ge=1)
-    pp: int = Field(1, ge=1)
-    dp: int = Field(1, ge=1)
-    cp: int = Field(1, ge=1)
-    ep: int = Field(1, ge=1)
+    tp: int = Field(1, ge=1, strict=True)
+    pp: int = Field(1, ge=1, strict=True)
+    dp: int = Field(1, ge=1, strict=True)
+    cp: int = Field(1, ge=1, strict=True)
+    ep: int = Field(1, ge=1, strict=True)
 
     @property
     def world_size(self) -> int:
@@ -139,7 +145,7 @@ class FlopReport(Event):
     SCHEMA: ClassVar[str] = "flop_report/1"
     schema_name: Literal["flop_report/1"] = Field("flop_report/1", alias="schema")
     workload: Name
-    rank: int = Field(ge=0)
+    rank: int = Field(ge=0, strict=True)
     node: Name
     gpu_uuid: Name
     start: EpochSeconds
@@ -150,8 +156,8 @@ class FlopReport(Event):
     hardware_flops: NonNegative | None = None
     expected_mfu: Ratio | None = None
     model: str | None = Field(None, max_length=256)
-    batch_size: int | None = Field(None, ge=1)
-    seq_len: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1, strict=True)
+    seq_len: int | None = Field(None, ge=1, strict=True)
     parallelism: Parallelism | None = None
     phase: Literal["train", "prefill", "decode"] | None = None
     # DESIGN.md §8: model bytes moved in [start, end) (weights + KV cache read/written),
@@ -303,6 +309,10 @@ class DeadLetter(Event):
     ts: float
     partition: int | None = None
     offset: int | None = None
+    # Size of the refused value in bytes and whether ``original`` was cut to fit the
+    # producer's message size limit (the reason and size always survive).
+    original_bytes: int | None = None
+    truncated: bool = False
 
 
 class CloudEvent(BaseModel):
@@ -341,7 +351,11 @@ def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "<event>"
-        parts.append(f"{loc}: {err['msg']}")
+        msg = err["msg"]
+        if err["type"] == "string_pattern_mismatch" and \
+                (err.get("ctx") or {}).get("pattern") == NAME_PATTERN:
+            msg = f"must not contain control characters (newline, tab, NUL, ...): {err['input']!r}"
+        parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 
 

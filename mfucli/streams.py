@@ -28,11 +28,33 @@ def _worker(log_level: str | None) -> int:
     from faust.worker import Worker
 
     from mfu.config import KafkaSettings
+    from mfucli.main import CLIError
     from streams.app import StreamSettings, build_app
-    from streams.kafka_admin import ensure_topics
+    from streams.kafka_admin import (
+        PartitionCountError,
+        ensure_topics,
+        plan_partitions,
+        topic_partition_counts,
+    )
 
     settings = StreamSettings()
     kafka = KafkaSettings()
+    # Partition counts: adopt the inputs' (or refuse with the fix) before Faust declares
+    # anything; a mismatch used to crash-loop the worker ("Unrecognized partition").
+    changelog = f"{settings.app_id}-progress-changelog"
+    names = [*settings.all_topics(), changelog]
+    counts = topic_partition_counts(kafka, names)
+    try:
+        n = plan_partitions(counts, inputs=[settings.telemetry_topic, settings.flops_topic],
+                            copartitioned=[settings.partials_topic, changelog],
+                            configured=kafka.partitions, bootstrap=kafka.bootstrap)
+    except PartitionCountError as exc:
+        raise CLIError(str(exc)) from None
+    if n != kafka.partitions:
+        print(f"mfu streams: input topics have {n} partitions; using {n} "
+              f"(MFU_KAFKA_PARTITIONS={kafka.partitions} applies to new topics only)",
+              file=sys.stderr)
+        kafka = kafka.model_copy(update={"partitions": n})
     ensure_topics(kafka, settings.all_topics())
     app, _ = build_app(settings, kafka)
     level = log_level or settings.log_level

@@ -10,11 +10,14 @@ Two agents in one app (scale out by running more workers; partitions spread over
 - ``rollup`` reads the partials and closes a workload/fleet window when every source
   partition has closed it (:class:`streams.stages.RollupStage`).
 
-Delivery: input events are consumed without auto-ack and acked only after every window
-they touch is closed, its records are acknowledged by Kafka and InfluxDB, and the
-partition's small ``Progress`` is in a changelogged table. Offsets thus never pass data
-whose results are not durable; after a crash or rebalance the new owner replays from the
-committed offset and skips pieces of windows the progress says are closed. Faust's own
+Delivery: input events are consumed without auto-ack and handed back to Faust strictly
+in offset order (:mod:`streams.frontier`), each only after every window it touches is
+closed, its records are acknowledged by Kafka and InfluxDB, and the partition's small
+``Progress`` is in a changelogged table. Faust commits the end of the acked run, so
+offsets never pass data whose results are not durable; after a crash or rebalance the
+new owner replays from the committed offset and skips pieces of windows the progress
+says are closed. Each input message is guarded: whatever goes wrong with one message
+dead-letters it (with a reason) and it is acked in order like any other. Faust's own
 windowed tables are not used: they expire on wall-clock time and drop late events.
 """
 
@@ -31,7 +34,7 @@ from typing import Any
 
 import faust
 from faust.types import TP
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mfu import peaks, topics
@@ -40,8 +43,10 @@ from mfu.events import DeadLetter, FlopReport, GpuSample, MfuWindow, Rejected
 from mfuio.health import PipelineMetrics, StreamsHealthSettings, faust_lag, serve
 from mfuio.sinks import SinkContext, SinkSettings, build_sinks
 from streams.aggregate import Marker, Partial
-from streams.decode import decode
-from streams.faustapp import make_app
+from streams.deadletter import dead_letter_value
+from streams.decode import MAX_VALUE_BYTES, decode
+from streams.faustapp import make_app, static_instance_id
+from streams.frontier import InOrderAcks
 from streams.influx import InfluxConfigError
 from streams.stages import NEG_INF, Closed, NodeStage, Progress, RollupStage
 
@@ -66,6 +71,17 @@ class StreamSettings(BaseSettings):
     tick_s: float = Field(1.0, gt=0, description="how often idle partitions are checked")
     take_max: int = Field(500, ge=1, description="input events handled as one run, at most")
     take_within_s: float = Field(0.02, gt=0, description="longest wait to fill a run")
+    max_value_bytes: int = Field(MAX_VALUE_BYTES, ge=1024,
+                                 description="input values above this size are dead-lettered")
+    # A restarted worker takes its partitions back at once with static membership (the
+    # broker hands the dead member's assignment to the new process with the same
+    # group.instance.id); a worker that never returns is noticed after the session
+    # timeout. See streams.faustapp.static_instance_id.
+    static_membership: bool = Field(True, description="use a stable group.instance.id")
+    instance_id: str | None = Field(None, description="group.instance.id (default: "
+                                    "<host>-<n>, n the first free slot on this host)")
+    session_timeout_s: float = Field(10.0, gt=0, description="consumer session timeout")
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="consumer heartbeat")
     log_level: str = "WARNING"
 
     def all_topics(self) -> list[str]:
@@ -76,32 +92,24 @@ class StreamSettings(BaseSettings):
 @dataclass
 class _PartitionState:
     stage: Any  # NodeStage | RollupStage
-    pending: list[tuple[float, Any]] = field(default_factory=list)  # (max window, event)
+    # Taken messages in offset order and what each waits for (streams.frontier).
+    acks: InOrderAcks = field(default_factory=InOrderAcks)
+    durable_closed_through: float = NEG_INF  # as of the last completed persist
+    persists: int = 0  # completed persists of this state's Progress
     last_input_wall: float = field(default_factory=time.monotonic)
     idle_announced_at: float = 0.0
     idle: bool = False  # told the roll-up this partition holds nothing back
-    # topic -> [first, last] offset this state has processed (to spot re-deliveries)
-    consumed: dict[str, list[int]] = field(default_factory=dict)
+    # topic -> (offset sought back to, monotonic time): messages after it are dropped
+    # until it arrives again (see Runtime._in_sequence).
+    rewind: dict[str, tuple[int, float]] = field(default_factory=dict)
 
-    def redelivered(self, message: Any) -> bool:
-        """True if this state already holds ``message``. After a rebalance Faust seeks to
-        the committed offset once recovery is done, and may deliver again what it fetched
-        before: counting it twice would inflate ``duplicates`` (or, past a close, make
-        its pieces late)."""
-        offset = message.offset
-        seen = self.consumed.get(message.topic)
-        if seen is None:
-            self.consumed[message.topic] = [offset, offset]
-            return False
-        if seen[0] <= offset <= seen[1]:
-            return True
-        seen[0], seen[1] = min(seen[0], offset), max(seen[1], offset)
-        return False
+    def __post_init__(self) -> None:
+        # Restored progress is durable: windows it says are closed were written.
+        self.durable_closed_through = self.stage.progress.closed_through
 
-    def hold(self, event: Any) -> None:
-        """Keep a re-delivered event un-acked until every window now open has closed (its
-        first delivery, same offset, is acked no earlier)."""
-        self.pending.append((max(self.stage.open, default=NEG_INF), event))
+
+# Longest wait, seconds, for a sought-back offset before accepting a hole in a partition.
+REWIND_PATIENCE_S = 10.0
 
 
 class Runtime:
@@ -129,7 +137,8 @@ class Runtime:
         # The node-stage agent and the idle timer share per-partition state: one at a time.
         self.node_lock = asyncio.Lock()
         self.counters: dict[str, int] = {"events": 0, "deadletter": 0, "late": 0,
-                                         "duplicates": 0, "records": 0}
+                                         "duplicates": 0, "records": 0, "stale": 0,
+                                         "redelivered": 0, "gaps": 0}
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = app.topic(settings.telemetry_topic, settings.flops_topic, **raw)
         self.partials = app.topic(settings.partials_topic, partitions=kafka.partitions, **raw)
@@ -178,35 +187,47 @@ class Runtime:
                 self.rollup.pop(tp.partition, None)
                 self.metrics.forget_partition("rollup", tp.partition)
 
-    async def _persist(self, kind: str, partition: int, st: _PartitionState) -> None:
+    def _current(self, kind: str, partition: int, st: _PartitionState) -> bool:
+        """False once a rebalance replaced or dropped ``st`` (its next owner replays)."""
+        states = self.node if kind == "node" else self.rollup
+        return states.get(partition) is st
+
+    async def _persist(self, kind: str, partition: int, st: _PartitionState) -> bool:
+        """Write the partition's Progress to the changelog and wait for the broker's ack.
+        Returns False (nothing written) if ``st`` is no longer this partition's state: a
+        stale snapshot must never overwrite the new owner's."""
+        if not self._current(kind, partition, st):
+            return False
+        closed_through = st.stage.progress.closed_through
         key = f"{kind}:{partition}".encode()
         value = st.stage.snapshot().model_dump_json().encode()
         self.progress.data[key] = value
-        await self.progress.send_changelog(partition, key, value)
+        await self.progress.send_changelog(partition, key, value)  # delivered
+        st.persists += 1
+        st.durable_closed_through = closed_through
+        return True
 
-    @staticmethod
-    def _ack_through(st: _PartitionState, ws: float) -> None:
-        keep = []
-        for max_ws, event in st.pending:
-            if max_ws <= ws:
-                event.ack()
-            else:
-                keep.append((max_ws, event))
-        st.pending = keep
+    def _release(self, kind: str, partition: int, st: _PartitionState) -> None:
+        """Hand Faust the acks of the messages now durable, in offset order."""
+        if not self._current(kind, partition, st):
+            return  # revoked: the new owner replays from the committed offset
+        for event in st.acks.release(st.durable_closed_through, st.persists):
+            event.ack()
 
     # --- effects ----------------------------------------------------------------
 
     async def _dead_letter(self, rejected: list[Rejected], message: Any) -> list[Any]:
         futs = []
-        for r in rejected:
-            rec = DeadLetter(
-                event_id=f"{message.topic}:{message.partition}:{message.offset}",
-                source_topic=message.topic, reason=r.reason, original=r.original,
-                ts=time.time(), partition=message.partition, offset=message.offset,
-            )
-            futs.append(await self.deadletter.send(key=message.key, value=rec.to_json()))
+        size = len(message.value) if message.value is not None else 0
+        for i, r in enumerate(rejected):
+            value = dead_letter_value(
+                source_topic=message.topic, partition=message.partition,
+                offset=message.offset, reason=r.reason, original=r.original,
+                original_bytes=size if len(rejected) == 1 else None, index=i)
+            futs.append(await self.deadletter.send(key=message.key, value=value))
             self.metrics.dead_letter(r.reason)
-            log.info("dead-lettered event", extra={"topic": message.topic, "reason": r.reason})
+            log.info("dead-lettered event", extra={"topic": message.topic,
+                                                   "reason": r.reason[:200]})
         self.counters["deadletter"] += len(rejected)
         return futs
 
@@ -255,6 +276,7 @@ class Runtime:
         m = Marker(src=src, closed_through=closed_through if closed_through > NEG_INF else 0.0,
                    idle=idle)
         value = m.model_dump_json(by_alias=True).encode()
+        # n_partitions is the partials topic's actual count (checked at start-up).
         return [await self.partials.send(value=value, partition=i)
                 for i in range(self.n_partitions)]
 
@@ -276,8 +298,8 @@ class Runtime:
         futs = await self._publish(closed)
         futs += await self._send_markers(partition, stage, idle)
         await asyncio.gather(*futs)
-        await self._persist("node", partition, st)
-        self._ack_through(st, starts[-1] if starts else NEG_INF)
+        if await self._persist("node", partition, st):
+            self._release("node", partition, st)
         self._pause_idle_clocks(time.monotonic() - started)
         if starts:
             self.metrics.window_closed("node", partition, starts[-1] + self.windows.size_s)
@@ -288,29 +310,32 @@ class Runtime:
         closed = [stage.close(ws) for ws in starts]
         futs = await self._publish(closed)
         await asyncio.gather(*futs)
-        await self._persist("rollup", partition, st)
-        self._ack_through(st, starts[-1] if starts else NEG_INF)
         if starts:
             self.metrics.window_closed("rollup", partition, starts[-1] + self.windows.size_s)
+        if await self._persist("rollup", partition, st):
+            self._release("rollup", partition, st)
 
     # --- input -------------------------------------------------------------------
 
+    def _stale(self, message: Any) -> bool:
+        """A message fetched under an earlier consumer generation (before a rebalance):
+        whoever owns its partition now replays it from the committed offset, so it is
+        neither processed nor acked here."""
+        gen = getattr(message, "generation_id", None)
+        return gen is not None and gen != self.app.consumer_generation_id
+
     async def on_inputs(self, events: list[Any]) -> None:
         """Account a run of input events, then close the windows that became due in the
-        partitions they touched.
+        partitions they touched and release the acks that became durable.
 
-        Every event is acked by :meth:`_ack_through` once its windows are durably
-        written, never before. Faust's ``take_events`` acks the events too once they are
-        handled, so a reference is held on each message first: that ack does not make its
-        offset committable; ours, later, does.
+        Faust's ``take_events`` acks the events too once they are handled, so a reference
+        is held on each message first: that ack does not make its offset committable;
+        ours (:meth:`_release`, in offset order), later, does.
         """
         for event in events:
             event.message.incref()
         async with self.node_lock:
-            # Never drop an event here: one that is not processed is not acked either, so
-            # the commit stalls behind it while later events close its windows without it.
-            # Wait for recovery (the progress table), then process; a redelivery after
-            # Faust's seek is recognised by offset (``redelivered``) and counted once.
+            # Wait for recovery (the progress table) before creating any state.
             while self.app.rebalancing:
                 await asyncio.sleep(0.05)
             now = time.monotonic()
@@ -319,17 +344,26 @@ class Runtime:
             touched: dict[int, _PartitionState] = {}
             futs: list[Any] = []
             for event in events:
-                if owned is not None and event.message.partition not in owned:
+                message = event.message
+                if self._stale(message):
+                    self.counters["stale"] += 1
+                    continue
+                if owned is not None and message.partition not in owned:
                     continue  # revoked meanwhile: its new owner replays it
                 st = await self._take_input(event, now, horizon, futs)
                 if st is not None:
-                    touched[event.message.partition] = st
+                    touched[message.partition] = st
             if futs:  # dead letters, late copies, markers: durable before any input is acked
                 await asyncio.gather(*futs)
             for partition, st in touched.items():
-                due = st.stage.due(now, self._backlog(partition, st))
+                due = st.stage.due(now, await self._backlog(partition, st))
                 if due:
                     await self.close_node_windows(partition, st, due)
+                elif st.acks.waiting_for_persist(st.persists):
+                    if await self._persist("node", partition, st):  # late counts
+                        self._release("node", partition, st)
+                else:
+                    self._release("node", partition, st)
 
     def _owned_partitions(self, topic: str) -> set[int] | None:
         """Partitions of ``topic`` this worker owns now (None when unknown)."""
@@ -339,43 +373,87 @@ class Runtime:
         except Exception:
             return None
 
+    def _check_key(self, message: Any, good: list[Any], bad: list[Rejected]) -> list[Any]:
+        """Inputs are keyed by node so that one partition holds all of a node's data; an
+        event under another node's key would make a second, partial record of its node
+        (and count twice in the fleet): refuse it."""
+        key = message.key
+        if key is None:
+            for ev in good:
+                bad.append(Rejected(original=ev.model_dump_json(by_alias=True), reason=(
+                    f"missing key: inputs must be keyed by node (key {ev.node!r}), so "
+                    "that one partition holds all of a node's events")))
+            return []
+        key_text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        kept = []
+        for ev in good:
+            if ev.node == key_text:
+                kept.append(ev)
+            else:
+                bad.append(Rejected(original=ev.model_dump_json(by_alias=True), reason=(
+                    f"key/node mismatch: Kafka key {key_text!r} but event node "
+                    f"{ev.node!r}; key each message by the node of its events")))
+        return kept
+
     async def _take_input(self, event: Any, now: float, horizon: float,
                           futs: list[Any]) -> _PartitionState | None:
         message = event.message
+        topic, offset = message.topic, message.offset
         st = self.node_state(message.partition)
-        if st.redelivered(message):
-            st.hold(event)
+        if not await self._in_sequence(st, message, now):
+            return None
+        if not st.acks.is_new(topic, offset):
+            # Seen by this state already (fetched again): the first delivery carries
+            # the ack; counting it twice would inflate duplicates or lateness.
+            self.counters["redelivered"] += 1
             return None
         st.last_input_wall = now
-        is_sample = message.topic == self.s.telemetry_topic
-        good, bad = decode(message.value, GpuSample if is_sample else FlopReport)
-        max_ws: float | None = None
+        until: float | None = None
+        needs_persist = False
         late: list[GpuSample | FlopReport] = []
-        if good:
-            ahead = [ev for ev in good
-                     if (ev.ts if is_sample else ev.end) > horizon]  # type: ignore[union-attr]
-            if ahead:
-                good = [ev for ev in good if ev not in ahead]
-                for ev in ahead:
-                    end = ev.ts if is_sample else ev.end  # type: ignore[union-attr]
-                    bad.append(Rejected(
-                        original=ev.model_dump_json(by_alias=True),
-                        reason=f"clock skew: event time {end:.3f} is more than "
-                        f"{self.windows.max_future_skew_s:.0f} s ahead of this worker's "
-                        f"clock; check NTP on node {ev.node}"))
+        try:
+            is_sample = topic == self.s.telemetry_topic
+            good, bad = decode(message.value, GpuSample if is_sample else FlopReport,
+                               max_bytes=self.s.max_value_bytes)
             if good:
-                max_ws, late, duplicates = st.stage.add_many(
-                    good, topic=message.topic, offset=message.offset, now=now)
+                good = self._check_key(message, good, bad)
+            if good:
+                ahead = [ev for ev in good
+                         if (ev.ts if is_sample else ev.end) > horizon]  # type: ignore[union-attr]
+                if ahead:
+                    good = [ev for ev in good if ev not in ahead]
+                    for ev in ahead:
+                        end = ev.ts if is_sample else ev.end  # type: ignore[union-attr]
+                        bad.append(Rejected(
+                            original=ev.model_dump_json(by_alias=True),
+                            reason=f"clock skew: event time {end:.3f} is more than "
+                            f"{self.windows.max_future_skew_s:.0f} s ahead of this worker's "
+                            f"clock; check NTP on node {ev.node}"))
+            if good:
+                until, late, duplicates = st.stage.add_many(
+                    good, topic=topic, offset=offset, now=now)
                 self.counters["duplicates"] += duplicates
-        self.counters["events"] += len(good)
-        self.metrics.event_in(message.topic, len(good))
+                # Late counts wait in Progress for the key's next record.
+                needs_persist = bool(late)
+            self.counters["events"] += len(good)
+            self.metrics.event_in(message.topic, len(good))
+        except Exception as exc:  # one bad message must not stop the partition
+            log.exception("input message failed; dead-lettering it",
+                          extra={"topic": topic, "partition": message.partition,
+                                 "offset": offset})
+            value = message.value
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            bad = [Rejected(original=text, reason=f"processing failed: "
+                            f"{type(exc).__name__}: {exc}"[:2000])]
+            until, late, needs_persist = None, [], False
         if bad:
             futs += await self._dead_letter(bad, message)
         for ev in late:
             futs.append(await self.late.send(key=message.key, value=ev.to_json()))
         self.counters["late"] += len(late)
         self.metrics.late(message.topic, len(late))
-        st.pending.append((NEG_INF if max_ws is None else max_ws, event))
+        st.acks.add(topic, offset, event, until=until,
+                    seq=st.persists if needs_persist else None)
         if st.idle:
             # Resuming: tell the roll-up at once to wait for this partition again, before
             # the other partitions close windows this one now has data for.
@@ -383,38 +461,94 @@ class Runtime:
             futs += await self._send_markers(message.partition, st.stage, idle=False)
         return st
 
+    async def _in_sequence(self, st: _PartitionState, message: Any, now: float) -> bool:
+        """False for a message to drop because messages before it were skipped.
+
+        The pipeline's topics have contiguous offsets (idempotent producers, no
+        transactions), so an offset more than one past the last one taken means Faust
+        dropped messages in between (seen after a restart: its queues are cleared when
+        the flow resumes, while a partition with nothing committed is not sought back).
+        Seek back to the first missing offset and drop what arrives after it until it
+        comes again; a real hole (compaction, aborted transactions, retention) is
+        accepted after ``REWIND_PATIENCE_S``.
+        """
+        topic, offset = message.topic, message.offset
+        pending = st.rewind.get(topic)
+        if pending is not None:
+            expected, since = pending
+            if offset < expected:
+                return True  # a redelivery: is_new drops it
+            if offset == expected:
+                del st.rewind[topic]
+                return True
+            if now - since < REWIND_PATIENCE_S:
+                return False
+            del st.rewind[topic]
+            log.error("offsets missing from a partition; going on without them",
+                      extra={"topic": topic, "partition": message.partition,
+                             "missing_from": expected, "offset": offset})
+            return True
+        last = st.acks.taken.get(topic)
+        if last is None or offset <= last + 1:
+            return True
+        self.counters["gaps"] += 1
+        log.warning("input offsets jumped: seeking back to the first skipped message",
+                    extra={"topic": topic, "partition": message.partition,
+                           "after": last, "offset": offset})
+        st.rewind[topic] = (last + 1, now)
+        await self.app.consumer.seek(TP(topic, message.partition), last + 1)
+        return False
+
     async def on_partial(self, event: Any) -> None:
         message = event.message
-        while self.app.rebalancing:  # never drop: see on_inputs
+        while self.app.rebalancing:  # state only after recovery: see on_inputs
             await asyncio.sleep(0.05)
+        if self._stale(message):
+            self.counters["stale"] += 1
+            return
         owned = self._owned_partitions(self.s.partials_topic)
         if owned is not None and message.partition not in owned:
             return  # revoked meanwhile: its new owner replays it
-        st = self.rollup_state(message.partition)
-        if st.redelivered(message):
-            st.hold(event)
+        partition = message.partition
+        st = self.rollup_state(partition)
+        if not await self._in_sequence(st, message, time.monotonic()):
+            return
+        if not st.acks.is_new(message.topic, message.offset):
+            self.counters["redelivered"] += 1
             return
         st.last_input_wall = time.monotonic()
+        until: float | None = None
+        needs_persist = False
         try:
             obj = json.loads(message.value)
-            if obj.get("schema") == "mfu_marker/1":
+            if isinstance(obj, dict) and obj.get("schema") == "mfu_marker/1":
                 st.stage.add_marker(Marker.model_validate(obj), topic=message.topic,
                                     offset=message.offset)
-                st.pending.append((NEG_INF, event))
+                needs_persist = True  # the source's progress lives in Progress
             else:
                 d = st.stage.add_partial(Partial.model_validate(obj), topic=message.topic,
                                          offset=message.offset)
-                st.pending.append((d.max_window if d.max_window is not None else NEG_INF,
-                                   event))
-        except (ValueError, ValidationError) as exc:
-            futs = await self._dead_letter([Rejected(original=message.value.decode("utf-8", "replace"),
-                                                     reason=f"bad partial: {exc}")], message)
+                until = d.max_window
+                needs_persist = d.late
+        except Exception as exc:  # (ValueError, ValidationError, TypeError, ...)
+            value = message.value
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            futs = await self._dead_letter(
+                [Rejected(original=text, reason=f"bad partial: {type(exc).__name__}: "
+                          f"{exc}"[:2000])], message)
             await asyncio.gather(*futs)
-            event.ack()
-            return
+        st.acks.add(message.topic, message.offset, event, until=until,
+                    seq=st.persists if needs_persist else None)
         due = st.stage.due()
         if due:
-            await self.close_rollup_windows(message.partition, st, due)
+            await self.close_rollup_windows(partition, st, due)
+        elif st.acks.waiting_for_persist(st.persists) and not st.stage.open:
+            # Nothing open to close soon: persist the marker's effect now, so that the
+            # commit does not wait for the next window.
+            if await self._persist("rollup", partition, st):
+                self._release("rollup", partition, st)
+        else:
+            self._release("rollup", partition, st)
 
     async def on_tick(self) -> None:
         """Close windows of partitions whose input stopped; tell the roll-up they are idle."""
@@ -423,19 +557,35 @@ class Runtime:
         async with self.node_lock:
             await self._on_tick()
 
-    def _backlog(self, partition: int, st: _PartitionState) -> frozenset[str]:
+    async def _backlog(self, partition: int, st: _PartitionState) -> frozenset[str]:
         """Input topics whose broker holds data of this partition not processed yet. Such
         an input is not idle however long it has been silent here: a busy or starved
-        worker must not close windows early and turn their data late."""
+        worker must not close windows early and turn their data late. Every message
+        counts (dead-lettered ones too: a bad message must not look like a backlog)."""
         lagging = []
         for topic in (self.s.telemetry_topic, self.s.flops_topic):
+            tp = TP(topic, partition)
             try:
-                highwater = self.app.consumer.highwater(TP(topic, partition))
+                highwater = self.app.consumer.highwater(tp)
             except Exception:
                 highwater = None
             # Unknown (no fetch answered since the assignment or a seek) counts as a
             # backlog: closing early loses data to lateness, waiting only delays.
-            if highwater is None or st.stage.max_offsets.get(topic, -1) + 1 < highwater:
+            if highwater is None:
+                lagging.append(topic)
+                continue
+            taken = st.acks.taken.get(topic)
+            if taken is not None:
+                if taken + 1 < highwater:
+                    lagging.append(topic)
+                continue
+            # Nothing taken by this state yet: the consumer's position tells whether
+            # anything is left to read (after a restart with nothing new: no backlog).
+            try:
+                position = await self.app.consumer.position(tp)
+            except Exception:
+                position = None
+            if position is None or position < highwater:
                 lagging.append(topic)
         return frozenset(lagging)
 
@@ -451,7 +601,7 @@ class Runtime:
             if tp.topic != self.s.telemetry_topic:
                 continue
             st = self.node_state(tp.partition)
-            backlog = self._backlog(tp.partition, st)
+            backlog = await self._backlog(tp.partition, st)
             if now - st.last_input_wall < self.windows.idle_timeout_s or backlog:
                 # One input may have gone quiet while the other still flows.
                 due = st.stage.due(now, backlog)
@@ -466,9 +616,14 @@ class Runtime:
                     "offsets": dict(st.stage.max_offsets)})
                 await self.close_node_windows(tp.partition, st, starts, idle=True)
                 st.idle_announced_at, st.idle = now, True
-            elif now - st.idle_announced_at >= self.windows.idle_timeout_s:
-                await asyncio.gather(*await self._send_markers(tp.partition, st.stage, True))
-                st.idle_announced_at, st.idle = now, True
+            else:
+                if st.acks.waiting_for_persist(st.persists) and \
+                        await self._persist("node", tp.partition, st):
+                    self._release("node", tp.partition, st)
+                if now - st.idle_announced_at >= self.windows.idle_timeout_s:
+                    await asyncio.gather(*await self._send_markers(tp.partition, st.stage,
+                                                                   True))
+                    st.idle_announced_at, st.idle = now, True
 
 
 def _drop_spinner_debug_level() -> None:
@@ -494,6 +649,26 @@ def _tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
+async def _fail_stop(step: Any) -> None:
+    """Run one agent step; on an error outside the per-message guard, end the process.
+
+    Faust would restart a crashed agent in place, reading on from where its fetcher
+    stands: the messages of the failed step would then never be processed, the in-order
+    commit would stall behind them and later windows would close without them. A new
+    process replays from the committed offset instead (with static membership it gets
+    its partitions back at once), so exactly the same windows come out.
+    """
+    try:
+        await step
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.critical("stream stage step failed outside the per-message guard; exiting so "
+                     "that a restart replays from the committed offsets", exc_info=True)
+        logging.shutdown()
+        os._exit(70)
+
+
 def build_app(
     settings: StreamSettings | None = None,
     kafka: KafkaSettings | None = None,
@@ -512,9 +687,16 @@ def build_app(
     # acked when their window is durably written), so Faust's default wait for every
     # in-flight event to be acked before a rebalance or shutdown would never finish. The
     # next owner replays them from the committed offset instead.
+    membership: dict[str, Any] = {
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": settings.heartbeat_interval_s,
+    }
+    if settings.static_membership:
+        membership["consumer_group_instance_id"] = (
+            settings.instance_id or static_instance_id(settings.app_id))
     app = make_app(settings.app_id, kafka, partitions=kafka.partitions,
                    stream_buffer_maxsize=32768, broker_commit_livelock_soft_timeout=600.0,
-                   stream_wait_empty=False)
+                   stream_wait_empty=False, **membership)
     rt = Runtime(app, settings, kafka, windows, influx)
 
     @app.agent(rt.inputs, name="node-stage")
@@ -525,12 +707,12 @@ def build_app(
         # the offset is committed when our own ack (window written) drops the last.
         async for events in stream.noack().take_events(settings.take_max,
                                                          within=settings.take_within_s):
-            await rt.on_inputs(events)
+            await _fail_stop(rt.on_inputs(events))
 
     @app.agent(rt.partials, name="rollup")
     async def rollup(stream: Any) -> None:
         async for event in stream.noack().events():
-            await rt.on_partial(event)
+            await _fail_stop(rt.on_partial(event))
 
     @app.timer(interval=settings.tick_s)
     async def idle_tick() -> None:

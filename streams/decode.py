@@ -30,10 +30,41 @@ def _batch_adapter(model: type[E]) -> TypeAdapter[Any]:
     return TypeAdapter(Batch)
 
 
-def decode(raw: bytes | str, model: type[E]) -> tuple[list[E], list[Rejected]]:
+# Largest input value accepted, bytes: an agent's batch for one node and interval is a
+# few kB; a value this large is a producer bug, and its dead letter must still fit the
+# producer's message limit (it is cut to fit, see streams.deadletter).
+MAX_VALUE_BYTES = 1_048_576
+
+
+def decode(raw: bytes | str | None, model: type[E], *,
+           max_bytes: int = MAX_VALUE_BYTES) -> tuple[list[E], list[Rejected]]:
     """Valid events of one Kafka value and a :class:`Rejected` per bad one (as
-    :func:`mfu.events.parse_events`, faster for valid batches)."""
+    :func:`mfu.events.parse_events`, faster for valid batches). Never raises on bad
+    input: a tombstone (null value), a value over ``max_bytes`` and JSON nested deeper
+    than the decoder's recursion limit each get their own reason."""
+    if raw is None:
+        return [], [Rejected(original="", reason=(
+            "tombstone: the Kafka value is null (a delete marker); input topics carry "
+            "events, never deletes: do not enable compaction on them or produce null values"))]
+    if len(raw) > max_bytes:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) else raw
+        return [], [Rejected(original=text, reason=(
+            f"oversized value: {len(raw)} bytes exceed the {max_bytes}-byte input limit; "
+            "send one batch/1 message per node and interval"))]
     try:
         return _batch_adapter(model).validate_json(raw).events, []
     except ValidationError:
+        pass
+    except RecursionError:
+        return [], [_too_deep(raw)]
+    try:
         return parse_events(raw, model)
+    except RecursionError:
+        return [], [_too_deep(raw)]
+
+
+def _too_deep(raw: bytes | str) -> Rejected:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) else raw
+    return Rejected(original=text, reason=(
+        "nesting too deep: the JSON value nests beyond the decoder's recursion limit; "
+        "events are flat objects (batch/1 adds one level)"))

@@ -7,7 +7,10 @@ table state directory lives under a configurable folder.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,45 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
     return None
 
 
+# Lock files held for the process lifetime (one per static instance id taken here).
+_INSTANCE_LOCKS: list[int] = []
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MFU_CACHE_DIR") or Path.home() / ".cache" / "mfu-pipeline")
+
+
+def static_instance_id(app_id: str, *, host: str | None = None,
+                       lock_dir: Path | None = None, max_slots: int = 256) -> str:
+    """A ``group.instance.id`` that is stable across restarts and unique among live
+    workers: ``<host>-<n>``, ``n`` the lowest slot on this host whose lock file no live
+    process holds.
+
+    Static membership (KIP-345) lets a restarted worker take its dead predecessor's
+    partitions at once instead of after the session timeout. Two live members with one
+    id would fence each other, so each slot is an ``flock`` held while the process lives;
+    the kernel drops it when the process dies (even by SIGKILL), and the restart finds
+    the same slot free. In a container the host name is the pod name.
+    """
+    host = host or socket.gethostname()
+    safe_host = re.sub(r"[^A-Za-z0-9._-]", "_", host)[:200]
+    folder = lock_dir or _cache_dir() / "instances"
+    folder.mkdir(parents=True, exist_ok=True)
+    safe_app = re.sub(r"[^A-Za-z0-9._-]", "_", app_id)[:200]
+    for slot in range(max_slots):
+        fd = os.open(folder / f"{safe_app}@{safe_host}-{slot}.lock", os.O_CREAT | os.O_RDWR,
+                     0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        _INSTANCE_LOCKS.append(fd)
+        return f"{safe_host}-{slot}"
+    raise RuntimeError(f"no free static-membership slot among {max_slots} on {host} for "
+                       f"{app_id}; set MFU_STREAMS_INSTANCE_ID or clean {folder}")
+
+
 def make_app(
     app_id: str,
     kafka: KafkaSettings,
@@ -73,8 +115,7 @@ def make_app(
     }
     # Faust keeps a folder per app even with in-memory tables: not in the working directory.
     if data_dir is None:
-        cache = os.environ.get("MFU_CACHE_DIR") or Path.home() / ".cache" / "mfu-pipeline"
-        data_dir = Path(cache) / "faust"
+        data_dir = _cache_dir() / "faust"
     data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     options["datadir"] = str(data_dir / "{conf.name}-data")
     options.update(overrides)

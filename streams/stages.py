@@ -47,6 +47,10 @@ class Progress(BaseModel):
     offsets: dict[str, int] = Field(default_factory=dict)  # topic -> highest offset seen
     sources: dict[int, float] = Field(default_factory=dict)  # roll-up: src -> closed_through
     idle: list[int] = Field(default_factory=list)  # roll-up: idle sources
+    # Late events counted but not yet reported in a record: (scope, key, count). Kept
+    # here so that a message carrying late events can be committed once this is
+    # persisted, and a crash does not lose its count.
+    late: list[tuple[str, str, int]] = Field(default_factory=list)
 
 
 @dataclass
@@ -78,7 +82,8 @@ class _Base:
         self.progress = progress.model_copy(deep=True) if progress else Progress()
         self.replay_offsets = dict(self.progress.offsets)  # offsets at the last durable close
         self.max_offsets: dict[str, int] = dict(self.progress.offsets)
-        self.pending_late: Counter[tuple[str, str]] = Counter()
+        self.pending_late: Counter[tuple[str, str]] = Counter(
+            {(scope, key): n for scope, key, n in self.progress.late})
         self.last_input_wall = 0.0
 
     def _seen_offset(self, topic: str, offset: int | None) -> bool:
@@ -100,6 +105,7 @@ class _Base:
         """Progress to persist after a close (before acking its inputs)."""
         p = self.progress.model_copy(deep=True)
         p.offsets = dict(self.max_offsets)
+        p.late = [(scope, key, n) for (scope, key), n in sorted(self.pending_late.items())]
         self.replay_offsets = dict(self.max_offsets)
         return p
 
@@ -222,8 +228,12 @@ class NodeStage(_Base):
                                 w = nodes[node] = NodeWindow(node, ws, ws + size)
                             event_id = event.event_id
                             if event_id in w.seen:
+                                # Counted in this window's ``duplicates``: the message
+                                # waits for this window like any other.
                                 w.duplicates += 1
                                 duplicates += 1
+                                if max_window is None or ws > max_window:
+                                    max_window = ws
                             else:
                                 w.seen.add(event_id)
                                 if sample:
@@ -305,6 +315,7 @@ class NodeStage(_Base):
                 if first_piece:
                     w.duplicates += 1
                     d.duplicate = True
+                    d.max_window = ws if d.max_window is None else max(d.max_window, ws)
                 first_piece = False
                 continue
             first_piece = False
@@ -410,9 +421,10 @@ class RollupStage(_Base):
         out = Closed(ws)
         for (scope, key), rw in sorted(self.open.pop(ws, {}).items()):
             late = self.pending_late.pop((scope, key), 0)
+            # A node's partial seen twice (rw.duplicates) is the node stage re-emitting a
+            # window after a crash (at-least-once), not a duplicate input event: the first
+            # copy counts, and the record is the same as without the crash.
             rec = rw.close(self.fleet, late_events=late)
-            if rw.duplicates:
-                rec = rec.model_copy(update={"duplicates": rec.duplicates + rw.duplicates})
             out.records.append(rec)
         self._mark_closed(ws)
         return out
