@@ -195,46 +195,37 @@ def mismatch_summary(policy: list[dict[str, Any]], firsts: dict[str, float], win
     return sorted(out.values(), key=lambda r: r["workload"])
 
 
-def own_ledger(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fallback ledger by tenant from the demo's own workload rows (used when
-    ``mfu.ledger`` is not installed): GPU-hours, measured and estimated PFLOPs, MFU over
-    known GPU-seconds, energy kWh and useful FLOPs per joule."""
-    acc: dict[str, dict[str, float]] = {}
-    for r in rows:
-        a = acc.setdefault(r.get("tenant") or "(unknown)",
-                           {"workloads": 0, "gpu_seconds": 0.0, "achieved_flops": 0.0,
-                            "estimated_flops": 0.0, "energy_j": 0.0, "known_peak_flops": 0.0})
-        a["workloads"] += 1
-        for k in ("gpu_seconds", "achieved_flops", "estimated_flops", "energy_j",
-                  "known_peak_flops"):
-            a[k] += r.get(k) or 0.0
-    return [{"tenant": t, "workloads": int(a["workloads"]),
-             "gpu_hours": a["gpu_seconds"] / 3600.0,
-             "measured_pflops": a["achieved_flops"] / 1e15,
-             "estimated_pflops": a["estimated_flops"] / 1e15,
-             "mfu": a["achieved_flops"] / a["known_peak_flops"] if a["known_peak_flops"] else None,
-             "energy_kwh": a["energy_j"] / 3.6e6,
-             "gflops_per_j": (a["achieved_flops"] + a["estimated_flops"]) / a["energy_j"] / 1e9
-             if a["energy_j"] else None}
-            for t, a in sorted(acc.items())]
+def ledger_prices() -> tuple[Any, str]:
+    """(prices, where they came from): ``MFU_LEDGER_PRICES`` / ``MFU_LEDGER_PRICES_FILE``
+    when set, else the rules file's ``prices`` block, so the demo's ledger costs GPU-hours
+    exactly like the rules stage's cost rule (``mfu ledger`` on its own leaves an
+    unset price unpriced; the demo has a rules file, so it uses it)."""
+    from mfu.config import LedgerSettings
+    from mfu.ledger import Prices
+    from policies.rules import DEFAULT_RULES_PATH
+
+    settings = LedgerSettings()
+    if settings.prices:
+        return Prices(usd_per_gpu_hour=settings.prices), "MFU_LEDGER_PRICES"
+    path = os.environ.get("MFU_POLICIES_RULES_FILE") or str(DEFAULT_RULES_PATH)
+    settings = LedgerSettings(prices_file=Path(path))
+    return Prices(usd_per_gpu_hour=settings.prices), f"the rules file's prices ({path})"
 
 
-def ledger_by_tenant(records: list[dict[str, Any]], rows: list[dict[str, Any]]
-                     ) -> tuple[str, list[dict[str, Any]]]:
-    """(where it came from, rows): ``mfu.ledger.ledger_rows`` over the workload records
-    where that module exists, else :func:`own_ledger`."""
-    try:
-        from mfu.ledger import ledger_rows  # type: ignore[import-not-found]
-    except ImportError:
-        return "demo records (mfu.ledger not installed)", own_ledger(rows)
-    try:
-        got = ledger_rows(records, by="tenant")
-        out = [r if isinstance(r, dict) else
-               (r.model_dump() if hasattr(r, "model_dump") else dict(vars(r))) for r in got]
-        return "mfu.ledger.ledger_rows", out
-    except Exception as exc:  # a different signature on the other branch: say so, go on
-        return (f"demo records (mfu.ledger.ledger_rows failed: {type(exc).__name__}: {exc})",
-                own_ledger(rows))
+def ledger_by_tenant(records: list[dict[str, Any]]) -> tuple[Any, Any, str]:
+    """(ledger, prices, price source): :func:`mfu.ledger.build_ledger` by tenant over the
+    demo's ``mfu_window/1`` records (workload points make the rows, node points the
+    unallocated capacity), the same ledger ``mfu ledger --by tenant`` computes from
+    InfluxDB. Reference MFU: ``MFU_LEDGER_REFERENCE_MFU`` (default 0.4)."""
+    from mfu.config import LedgerSettings
+    from mfu.events import MfuWindow
+    from mfu.ledger import LedgerPoint, build_ledger
+
+    prices, source = ledger_prices()
+    points = [LedgerPoint.from_window(MfuWindow.model_validate(r)) for r in records]
+    ledger = build_ledger(points, prices, by="tenant",
+                          reference_mfu=LedgerSettings().reference_mfu)
+    return ledger, prices, source
 
 
 def summarize(collected: Any, truth: list[dict[str, Any]] | None = None,
@@ -283,11 +274,6 @@ def summarize(collected: Any, truth: list[dict[str, Any]] | None = None,
             "gpu_seconds": _sum(recs, "gpu_seconds") or 0.0,
             "achieved_flops": _sum(recs, "achieved_flops") or 0.0,
             "estimated_flops": _sum(recs, "estimated_flops") or 0.0,
-            # peak over known GPU-seconds: achieved / mfu per window, where mfu is known;
-            # a window at MFU 0 is all known zeros (idle), so its whole peak counts
-            "known_peak_flops": math.fsum(
-                r["achieved_flops"] / r["mfu"] if r["mfu"] > 0 else r.get("peak_flops") or 0.0
-                for r in recs if r.get("mfu") is not None),
             "energy_j": _sum(recs, "energy_j"),
             "flops_per_j": _ratio_over(recs, "achieved_flops", "energy_j"),
             "tokens_per_j": _ratio_over(recs, "tokens", "energy_j"),
@@ -497,8 +483,10 @@ def _g(x: float | None, scale: float = 1e9) -> str:
     return "    -" if x is None else f"{x / scale:7.1f}"
 
 
-def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: float) -> list[str]:
-    """The text summary (lines) of a :func:`summarize` result plus the ledger."""
+def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: float,
+                   ledger_table: str | None = None) -> list[str]:
+    """The text summary (lines) of a :func:`summarize` result, ending with the ledger
+    (``ledger_table``: :func:`mfucli.ledger.format_table` of the tenant ledger)."""
     lines = [
         "MFU pipeline demo report",
         "========================",
@@ -617,24 +605,14 @@ def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: floa
     lines.append("Policy events by type: "
                  + (", ".join(f"{k}={v}" for k, v in sorted(s["policy_events_by_type"].items()))
                     or "none"))
-    lines += ["", f"Ledger by tenant (from {s.get('ledger_source', '-')})"]
-    ledger = s.get("ledger") or []
-    if ledger:
-        cols = list(ledger[0])
-        lines.append("  " + "  ".join(f"{c[:16]:>16}" for c in cols))
-        for row in ledger:
-            lines.append("  " + "  ".join(f"{_cell(row.get(c)):>16}" for c in cols))
+    led = s.get("ledger") or {}
+    lines += ["", "Ledger by tenant (mfu.ledger, the same table as `mfu ledger --by tenant`; "
+              f"prices from {s.get('ledger_prices_source', '-')})"]
+    if ledger_table and led.get("rows"):
+        lines += ["  " + line if line else "" for line in ledger_table.splitlines()]
     else:
         lines.append("  (no workload records)")
     return lines
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)[:16]
 
 
 def write_report(out: Path, collected: Any, *, sim_started: float, fleet: str,
@@ -642,8 +620,11 @@ def write_report(out: Path, collected: Any, *, sim_started: float, fleet: str,
                  truth: list[dict[str, Any]] | None = None) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     s = summarize(collected, truth, window_s=args.window_s)
-    s["ledger_source"], s["ledger"] = ledger_by_tenant(collected.by_scope("workload"),
-                                                       s["workloads"])
+    from mfucli.ledger import format_table, to_json
+
+    ledger, prices, s["ledger_prices_source"] = ledger_by_tenant(
+        list(collected.records.values()))
+    s["ledger"] = to_json(ledger, prices)
     s.update({"fleet": fleet, "sim_started": sim_started, "drift_at_s": drift_at_s,
               "nodes": args.nodes, "gpus_per_node": args.gpus_per_node,
               "duration_s": args.duration_s, "window_s": args.window_s})
@@ -664,7 +645,8 @@ def write_report(out: Path, collected: Any, *, sim_started: float, fleet: str,
 
     url = os.environ.get("MFU_INFLUX_URL", "http://localhost:8086")
     bucket = os.environ.get("MFU_INFLUX_BUCKET", "mfu/autogen")
-    lines = render_summary(s, fleet=fleet, args=args, drift_at_s=drift_at_s)
+    lines = render_summary(s, fleet=fleet, args=args, drift_at_s=drift_at_s,
+                           ledger_table=format_table(ledger))
     lines += [
         "",
         "Files: mfu-demo.png (chart), report.json (these numbers), records.jsonl (every "
