@@ -53,6 +53,24 @@ def _ratio_over(recs: list[dict[str, Any]], num: str, den: str) -> float | None:
     return math.fsum(p[0] for p in pairs) / d if d > 0 else None
 
 
+def _flops_per_known_j(recs: list[dict[str, Any]]) -> float | None:
+    """Measured FLOPs per joule of the GPU-seconds whose FLOPs are known: Σ achieved_flops
+    / Σ known joules, a window's known joules being achieved_flops / flops_per_j (the
+    streams' own ratio, over known GPU-seconds), or energy_j x coverage at a known zero.
+    None where no window knows its FLOPs: a silent busy job is not 0 FLOP/J."""
+    flops = joules = 0.0
+    for r in recs:
+        fpj, ach = r.get("flops_per_j"), r.get("achieved_flops") or 0.0
+        if fpj is None or r.get("mfu") is None:
+            continue
+        if fpj > 0:
+            flops, joules = flops + ach, joules + ach / fpj
+        elif r.get("energy_j") is not None:
+            joules += r["energy_j"] * (r.get("coverage") if r.get("coverage") is not None
+                                       else 1.0)
+    return flops / joules if joules > 0 else None
+
+
 def _mode(xs: list[Any]) -> Any:
     xs = [x for x in xs if x is not None]
     return Counter(xs).most_common(1)[0][0] if xs else None
@@ -162,7 +180,9 @@ def workload_label(row: dict[str, Any], busy: set[str]) -> str:
         if row.get("mfu_estimated_mean") is not None:
             return "not reported: estimated from counters"
         return "not reported, no counters: unknown"
-    return row.get("regime") or ""
+    if row["mfu_mean"] == 0 and (row.get("sm_util_mean") or 0) < 0.05:
+        return "idle: allocated, no work (a known zero)"
+    return row.get("regime") or "regime unknown (no bytes, no pipe counters)"
 
 
 def mismatch_summary(policy: list[dict[str, Any]], firsts: dict[str, float], window_s: float,
@@ -275,7 +295,7 @@ def summarize(collected: Any, truth: list[dict[str, Any]] | None = None,
             "achieved_flops": _sum(recs, "achieved_flops") or 0.0,
             "estimated_flops": _sum(recs, "estimated_flops") or 0.0,
             "energy_j": _sum(recs, "energy_j"),
-            "flops_per_j": _ratio_over(recs, "achieved_flops", "energy_j"),
+            "flops_per_j": _flops_per_known_j(recs),
             "tokens_per_j": _ratio_over(recs, "tokens", "energy_j"),
             "truth_windows": len(trs),
             "true_mfu": t_true / t_peak if t_peak > 0 else None,
@@ -373,7 +393,7 @@ def summarize(collected: Any, truth: list[dict[str, Any]] | None = None,
         "fleet_mbu": _ratio_over(fleet, "achieved_bytes", "peak_bytes"),
         "fleet_flop_sources": _sources(fleet),
         "fleet_energy_j": _sum(fleet, "energy_j"),
-        "fleet_flops_per_j": _ratio_over(fleet, "achieved_flops", "energy_j"),
+        "fleet_flops_per_j": _flops_per_known_j(fleet),
         "fleet_gpus": max((f.get("gpus") or 0) for f in fleet) if fleet else 0,
         "window_starts": [f["window_start"] for f in fleet],
         "estimate_vs_truth": estimate_gap(fleet, truth_fleet),
@@ -433,7 +453,12 @@ def _chart(path: Path, collected: Any, t_ref: float,
     ax.set_ylabel("ratio")
     ax.set_ylim(0, 1.05)
     ax.legend(loc="center right", fontsize=8)
+    from cycler import cycler
+
+    # More families than tab10 has colours: solid, then dashed, so no two lines look alike.
+    distinct = cycler(linestyle=["-", "--", ":"]) * cycler(color=plt.cm.tab10.colors)
     for ax, scope in ((axes[2], "workload"), (axes[3], "node")):
+        ax.set_prop_cycle(distinct)
         series: dict[str, list[tuple[float, float]]] = defaultdict(list)
         buckets: dict[tuple[str, float], list[float]] = defaultdict(list)
         for r in collected.by_scope(scope):
@@ -446,8 +471,10 @@ def _chart(path: Path, collected: Any, t_ref: float,
         for key, pts in sorted(series.items()):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1,
                     label=key if scope == "workload" else None)
-        ax.set_title("MFU per workload family (mean over its jobs; estimated where not reported)"
-                     if scope == "workload" else "MFU per node (estimated where not reported)")
+        ax.set_title("MFU per workload family (mean over its jobs; estimated where not "
+                     "reported)\nmarks: policy events, red drift, purple reporter mismatch, "
+                     "orange the others" if scope == "workload"
+                     else "MFU per node (estimated where not reported)")
         ax.set_ylabel("MFU")
         ax.set_ylim(0, max(0.7, *(p[1] for pts in series.values() for p in pts)) if series else 1)
         if scope == "workload" and series:
@@ -473,6 +500,42 @@ def _chart(path: Path, collected: Any, t_ref: float,
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+SUMMED = ("gpus", "energy_j", "gpu_seconds", "achieved_flops", "estimated_flops", "windows")
+
+
+def display_rows(rows: list[dict[str, Any]], max_jobs: int = 4) -> list[dict[str, Any]]:
+    """Workload rows for the text tables: a family of more than ``max_jobs`` jobs (24 MIG
+    slices of one inference service) is one line ``name-* (N jobs)``: ratios as means over
+    its jobs, GPUs and energy summed, names (tenant, phase, regime, label) as the most
+    common. report.json keeps every job."""
+    fams: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        fams[archetype(r["workload"])].append(r)
+    out = []
+    for fam, rs in fams.items():
+        if len(rs) <= max_jobs:
+            out += rs
+            continue
+        row: dict[str, Any] = {"workload": f"{fam}-* ({len(rs)} jobs)"}
+        for k in rs[0]:
+            if k == "workload":
+                continue
+            vals = [r.get(k) for r in rs if r.get(k) is not None]
+            if k in SUMMED:
+                row[k] = sum(vals) if vals else None
+            elif vals and all(isinstance(v, int | float) and not isinstance(v, bool)
+                              for v in vals):
+                row[k] = statistics.fmean(vals)
+            else:
+                row[k] = _mode([v if not isinstance(v, dict | list) else None for v in vals])
+        out.append(row)
+    return sorted(out, key=lambda r: r["workload"])
+
+
+def _kj(x: float | None) -> str:
+    return "     -" if x is None else f"{x / 1e3:6.0f}"
 
 
 def _pts(x: float | None) -> str:
@@ -543,14 +606,18 @@ def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: floa
                      f"{_pct(f.get('mfu_estimated_mean'))}  {_pct(f.get('true_mfu'))}  "
                      f"{_pct(f['sm_util_mean'])} {_pct(f.get('mbu_mean'))}  "
                      f"{f.get('regime') or '-':<8} {f['phase'] or '-'}")
-    lines += ["", "Per workload: measured vs estimated   tenant        coverage measured "
-              "estimated  OFU    true MFU  GFLOP/J  label"]
-    for r in s["workloads"]:
+    shown = display_rows(s["workloads"])
+    lines += ["", "Per workload: measured vs estimated  tenant        coverage measured "
+              "estimated  OFU    true MFU  energy kJ  GFLOP/J  label",
+              "  (estimated: known + counter estimate; GFLOP/J: measured FLOPs per joule of "
+              "the known GPU-seconds, '-' where nothing is known)"]
+    for r in shown:
         lines.append(f"  {r['workload'][:34]:<34} {(r.get('tenant') or '-')[:13]:<13} "
                      f"{_pct(r.get('coverage_mean'))}  {_pct(r['mfu_mean'])}  "
                      f"{_pct(r.get('mfu_estimated_mean'))} {_pct(r.get('ofu_mean'))}  "
-                     f"{_pct(r.get('true_mfu'))}  {_g(r.get('flops_per_j'))}  {r.get('label', '')}")
-    inference = [r for r in s["workloads"] if r.get("phase") in ("decode", "prefill")
+                     f"{_pct(r.get('true_mfu'))}     {_kj(r.get('energy_j'))}  "
+                     f"{_g(r.get('flops_per_j'))}  {r.get('label', '')}")
+    inference = [r for r in shown if r.get("phase") in ("decode", "prefill")
                  or r.get("mbu_mean") is not None]
     if inference:
         lines += ["", "Inference: judged on the binding resource     MFU    MBU  true MBU "
@@ -569,7 +636,7 @@ def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: floa
             lines.append(f"MFU by {title} (GPU-seconds weighted, workloads)")
             lines += [f"  {k[:40]:<40} {_pct(v)}" for k, v in groups.items()]
     lines += ["", "Lowest-MFU workloads            mean MFU  first   last   SM busy GPUs"]
-    worst = sorted((r for r in s["workloads"] if r["mfu_mean"] is not None),
+    worst = sorted((r for r in shown if r["mfu_mean"] is not None),
                    key=lambda r: r["mfu_mean"])[:10]
     for r in worst:
         lines.append(f"  {r['workload'][:28]:<28} {_pct(r['mfu_mean'])}  {_pct(r['mfu_first'])} "
@@ -585,13 +652,15 @@ def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: floa
             if r["workload"] in s["memory_bound"]) or "none"),
         "  of these flagged inefficient by the rules stage: "
         + (", ".join(s["memory_bound_flagged"]) or "none"),
-        f"Un-instrumented workloads (no report on any GPU-second): {len(s['uninstrumented'])}; "
-        "flagged inefficient, underutilized or idle: "
+        f"Un-instrumented workloads (no report on any GPU-second): {len(s['uninstrumented'])}"
+        + (f" ({', '.join(s['uninstrumented'])})" if s["uninstrumented"] else "")
+        + "; flagged inefficient, underutilized or idle: "
         + (", ".join(s["uninstrumented_flagged"]) or "none"),
         f"Drift detected (io.mfu.drift.v1; the drifting job degrades at +{drift_at_s:.0f} s): "
         + (", ".join(s["drift_subjects"]) or "none"),
-        "Reporter mismatch (io.mfu.reporter_mismatch.v1): "
-        + ("none" if not s["reporter_mismatch"] else ""),
+        "Reporter mismatch (io.mfu.reporter_mismatch.v1: reported MFU well above the "
+        "counters' OFU): " + (", ".join(m["workload"] for m in s["reporter_mismatch"])
+                              or "none"),
     ]
     honest = [m["workload"] for m in s["reporter_mismatch"] if m["verdict"].startswith("false")]
     if s["reporter_mismatch"]:

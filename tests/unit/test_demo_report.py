@@ -99,22 +99,25 @@ def demo_collected() -> tuple[Collected, list[dict[str, Any]]]:
         for r in (
             rec("workload", "decode-0", k, mfu=0.03, sm_util=0.65, phase="decode",
                 regime="memory", mbu=0.7, achieved_bytes=7.0, peak_bytes=10.0,
-                achieved_flops=3.0, energy_j=2.0, tokens=10.0, tenant="serve-co",
+                achieved_flops=3.0, energy_j=2.0, flops_per_j=1.5, tokens=10.0,
+                tenant="serve-co",
                 coverage=1.0, flop_sources=src(engine=10)),
             rec("workload", "infer-0", k, mfu=0.07, sm_util=0.9, phase="prefill",
                 regime="mixed", mbu=0.04, achieved_bytes=0.4, peak_bytes=10.0,
-                achieved_flops=7.0, energy_j=3.0, tenant="serve-co", coverage=1.0,
+                achieved_flops=7.0, energy_j=3.0, flops_per_j=7 / 3, tenant="serve-co",
+                coverage=1.0,
                 flop_sources=src(engine=10)),
             rec("workload", "dark-train-0", k, mfu=None, mfu_estimated=0.4, ofu=0.44,
                 sm_util=0.95, coverage=0.0, estimated_flops=40.0, energy_j=5.0,
                 tenant="dark-matter", flop_sources=src(counters=10)),
             rec("workload", "moe-train-0", k, mfu=0.6, sm_util=0.96, ofu=0.33,
-                achieved_flops=60.0, energy_j=6.0, tenant="moe-labs", coverage=1.0,
+                achieved_flops=60.0, energy_j=6.0, flops_per_j=10.0, tenant="moe-labs",
+                coverage=1.0,
                 flop_sources=src(reported=10)),
         ):
             c.records[r["event_id"]] = r
         f = rec("fleet", "demo-x", k, mfu=0.15, mfu_estimated=0.28, coverage=0.5,
-                allocation=1.0, achieved_flops=30.0, energy_j=10.0,
+                allocation=1.0, achieved_flops=30.0, energy_j=10.0, flops_per_j=6.0,
                 flop_sources=src(reported=10, idle=10, counters=10, none=10))
         c.records[f["event_id"]] = f
         truth.append(fleet_truth(k))
@@ -159,7 +162,10 @@ def test_summary_names_memory_bound_silent_and_mismatch() -> None:
     assert rows["dark-train-0"]["coverage_mean"] == 0.0
     assert rows["moe-train-0"]["true_mfu"] == pytest.approx(0.3)  # 120 / 400
     assert s["fleet_coverage_mean"] == 0.5 and s["fleet_mfu_estimated_mean"] == 0.28
-    assert s["fleet_flops_per_j"] == pytest.approx(3.0)  # 120 FLOPs / 40 J
+    # 30 FLOPs per window over the known GPU-seconds' 5 J (flops_per_j 6): 120 / 20 J;
+    # the silent half's joules are not in it, and a silent job has no FLOP/J at all
+    assert s["fleet_flops_per_j"] == pytest.approx(6.0)
+    assert rows["dark-train-0"]["flops_per_j"] is None
     assert s["estimate_vs_truth"]["windows"] == 4
     assert s["fleet_flop_sources"] == src(reported=40, idle=40, counters=40, none=40)
 
@@ -264,3 +270,25 @@ def test_flags_on_unknown_or_memory_bound_work_are_named() -> None:
     # decode reports 3 for a true 3: honest; its first event ends one window in
     assert verdicts == {"decode-0": ("false positive (honest reporter)", 1),
                         "moe-train-0": ("true positive", 3)}
+
+
+def test_display_rows_fold_large_families_and_flops_per_known_joule() -> None:
+    from mfucli.demo_report import _flops_per_known_j, display_rows
+
+    rows = [{"workload": f"mig-{i}", "tenant": "edge", "mfu_mean": m, "gpus": 1,
+             "energy_j": 10.0, "label": ""} for i, m in enumerate((0.1, 0.2, 0.3, 0.4, 0.5))]
+    rows.append({"workload": "solo-0", "tenant": "t", "mfu_mean": 0.6, "gpus": 2,
+                 "energy_j": 5.0, "label": "mixed"})
+    (mig, solo) = display_rows(rows)
+    # 5 jobs > 4: one line, MFU mean (0.1 + ... + 0.5) / 5 = 0.3, GPUs 5, energy 50 J
+    assert mig["workload"] == "mig-* (5 jobs)" and mig["mfu_mean"] == pytest.approx(0.3)
+    assert mig["gpus"] == 5 and mig["energy_j"] == 50.0 and mig["tenant"] == "edge"
+    assert solo == rows[-1]
+    # window 1: 8 FLOPs at 2 FLOP/J = 4 known J; window 2 idle (a known zero): 6 J x
+    # coverage 1; window 3 silent (mfu None): left out. 8 / (4 + 6) = 0.8
+    recs = [{"mfu": 0.4, "achieved_flops": 8.0, "flops_per_j": 2.0, "energy_j": 9.0},
+            {"mfu": 0.0, "achieved_flops": 0.0, "flops_per_j": 0.0, "energy_j": 6.0,
+             "coverage": 1.0},
+            {"mfu": None, "achieved_flops": 0.0, "flops_per_j": None, "energy_j": 7.0}]
+    assert _flops_per_known_j(recs) == pytest.approx(0.8)
+    assert _flops_per_known_j(recs[2:]) is None
