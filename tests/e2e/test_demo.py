@@ -97,7 +97,7 @@ def test_coverage_and_estimate_against_the_truth(demo_report: Path) -> None:
     estimate's distance to the simulator's truth decomposes exactly into its causes."""
     report, summary, _ = _report(demo_report)
     src = report["fleet_flop_sources"]
-    assert src["counters"] > 0 and src["none"] > 0 and src["reported"] > 0
+    assert src["counters"] > 0 and src["reported"] > 0  # silent jobs on counters, SDK jobs
     assert 0 < report["fleet_coverage_mean"] < 1
     assert report["fleet_mfu_estimated_mean"] is not None
     for line in ("coverage (GPU-seconds with known FLOPs)", "MFU measured (known GPU-seconds)",
