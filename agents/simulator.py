@@ -593,8 +593,11 @@ class FleetSimulator:
         if len(free) - 1 >= wide:
             whole_node_job("dp-wide", "comm_bound_dp", wide)
         if mig and len(free) >= 2:
-            mig_node = next((n for n in free[1:] if peaks.lookup(model_of[n]).mig_profiles),
-                            None)
+            # A MIG-capable node, but not the last free one with pipe counters: the buggy
+            # reporter below needs them to be caught (6 nodes H100/A100: MIG on the A100).
+            candidates = [n for n in free[1:] if peaks.lookup(model_of[n]).mig_profiles]
+            mig_node = next((n for n in candidates if any(gpm(m) for m in free if m != n)),
+                            candidates[0] if candidates else None)
             if mig_node is not None:
                 free.remove(mig_node)
                 self._mig_node(mig_node, model_of[mig_node], g)

@@ -35,7 +35,9 @@ def regime(achieved_flops: float, achieved_bytes: float | None, peak_flops: floa
     With model bytes: intensity ``achieved_flops / achieved_bytes`` against the ridge
     ``peak_flops / peak_bytes`` (both totals, FLOPs and bytes). Without: the counters,
     ``tensor_active`` vs ``dram_active`` (each a fraction of its own roof, so their ratio
-    is intensity / ridge). None where neither is known (or both counters are zero).
+    is intensity / ridge). ``tensor_active`` stands for the compute side: the streams pass
+    OFU there where pipe counters exist (fp32 work leaves the tensor cores idle). None
+    where neither is known (or both counters are zero).
     """
     if achieved_bytes and peak_bytes > 0 and peak_flops > 0:
         ridge = peak_flops / peak_bytes

@@ -53,6 +53,24 @@ def _ratio_over(recs: list[dict[str, Any]], num: str, den: str) -> float | None:
     return math.fsum(p[0] for p in pairs) / d if d > 0 else None
 
 
+def _flops_per_known_j(recs: list[dict[str, Any]]) -> float | None:
+    """Measured FLOPs per joule of the GPU-seconds whose FLOPs are known: Σ achieved_flops
+    / Σ known joules, a window's known joules being achieved_flops / flops_per_j (the
+    streams' own ratio, over known GPU-seconds), or energy_j x coverage at a known zero.
+    None where no window knows its FLOPs: a silent busy job is not 0 FLOP/J."""
+    flops = joules = 0.0
+    for r in recs:
+        fpj, ach = r.get("flops_per_j"), r.get("achieved_flops") or 0.0
+        if fpj is None or r.get("mfu") is None:
+            continue
+        if fpj > 0:
+            flops, joules = flops + ach, joules + ach / fpj
+        elif r.get("energy_j") is not None:
+            joules += r["energy_j"] * (r.get("coverage") if r.get("coverage") is not None
+                                       else 1.0)
+    return flops / joules if joules > 0 else None
+
+
 def _mode(xs: list[Any]) -> Any:
     xs = [x for x in xs if x is not None]
     return Counter(xs).most_common(1)[0][0] if xs else None
@@ -162,7 +180,9 @@ def workload_label(row: dict[str, Any], busy: set[str]) -> str:
         if row.get("mfu_estimated_mean") is not None:
             return "not reported: estimated from counters"
         return "not reported, no counters: unknown"
-    return row.get("regime") or ""
+    if row["mfu_mean"] == 0 and (row.get("sm_util_mean") or 0) < 0.05:
+        return "idle: allocated, no work (a known zero)"
+    return row.get("regime") or "regime unknown (no bytes, no pipe counters)"
 
 
 def mismatch_summary(policy: list[dict[str, Any]], firsts: dict[str, float], window_s: float,
@@ -195,46 +215,37 @@ def mismatch_summary(policy: list[dict[str, Any]], firsts: dict[str, float], win
     return sorted(out.values(), key=lambda r: r["workload"])
 
 
-def own_ledger(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fallback ledger by tenant from the demo's own workload rows (used when
-    ``mfu.ledger`` is not installed): GPU-hours, measured and estimated PFLOPs, MFU over
-    known GPU-seconds, energy kWh and useful FLOPs per joule."""
-    acc: dict[str, dict[str, float]] = {}
-    for r in rows:
-        a = acc.setdefault(r.get("tenant") or "(unknown)",
-                           {"workloads": 0, "gpu_seconds": 0.0, "achieved_flops": 0.0,
-                            "estimated_flops": 0.0, "energy_j": 0.0, "known_peak_flops": 0.0})
-        a["workloads"] += 1
-        for k in ("gpu_seconds", "achieved_flops", "estimated_flops", "energy_j",
-                  "known_peak_flops"):
-            a[k] += r.get(k) or 0.0
-    return [{"tenant": t, "workloads": int(a["workloads"]),
-             "gpu_hours": a["gpu_seconds"] / 3600.0,
-             "measured_pflops": a["achieved_flops"] / 1e15,
-             "estimated_pflops": a["estimated_flops"] / 1e15,
-             "mfu": a["achieved_flops"] / a["known_peak_flops"] if a["known_peak_flops"] else None,
-             "energy_kwh": a["energy_j"] / 3.6e6,
-             "gflops_per_j": (a["achieved_flops"] + a["estimated_flops"]) / a["energy_j"] / 1e9
-             if a["energy_j"] else None}
-            for t, a in sorted(acc.items())]
+def ledger_prices() -> tuple[Any, str]:
+    """(prices, where they came from): ``MFU_LEDGER_PRICES`` / ``MFU_LEDGER_PRICES_FILE``
+    when set, else the rules file's ``prices`` block, so the demo's ledger costs GPU-hours
+    exactly like the rules stage's cost rule (``mfu ledger`` on its own leaves an
+    unset price unpriced; the demo has a rules file, so it uses it)."""
+    from mfu.config import LedgerSettings
+    from mfu.ledger import Prices
+    from policies.rules import DEFAULT_RULES_PATH
+
+    settings = LedgerSettings()
+    if settings.prices:
+        return Prices(usd_per_gpu_hour=settings.prices), "MFU_LEDGER_PRICES"
+    path = os.environ.get("MFU_POLICIES_RULES_FILE") or str(DEFAULT_RULES_PATH)
+    settings = LedgerSettings(prices_file=Path(path))
+    return Prices(usd_per_gpu_hour=settings.prices), f"the rules file's prices ({path})"
 
 
-def ledger_by_tenant(records: list[dict[str, Any]], rows: list[dict[str, Any]]
-                     ) -> tuple[str, list[dict[str, Any]]]:
-    """(where it came from, rows): ``mfu.ledger.ledger_rows`` over the workload records
-    where that module exists, else :func:`own_ledger`."""
-    try:
-        from mfu.ledger import ledger_rows  # type: ignore[import-not-found]
-    except ImportError:
-        return "demo records (mfu.ledger not installed)", own_ledger(rows)
-    try:
-        got = ledger_rows(records, by="tenant")
-        out = [r if isinstance(r, dict) else
-               (r.model_dump() if hasattr(r, "model_dump") else dict(vars(r))) for r in got]
-        return "mfu.ledger.ledger_rows", out
-    except Exception as exc:  # a different signature on the other branch: say so, go on
-        return (f"demo records (mfu.ledger.ledger_rows failed: {type(exc).__name__}: {exc})",
-                own_ledger(rows))
+def ledger_by_tenant(records: list[dict[str, Any]]) -> tuple[Any, Any, str]:
+    """(ledger, prices, price source): :func:`mfu.ledger.build_ledger` by tenant over the
+    demo's ``mfu_window/1`` records (workload points make the rows, node points the
+    unallocated capacity), the same ledger ``mfu ledger --by tenant`` computes from
+    InfluxDB. Reference MFU: ``MFU_LEDGER_REFERENCE_MFU`` (default 0.4)."""
+    from mfu.config import LedgerSettings
+    from mfu.events import MfuWindow
+    from mfu.ledger import LedgerPoint, build_ledger
+
+    prices, source = ledger_prices()
+    points = [LedgerPoint.from_window(MfuWindow.model_validate(r)) for r in records]
+    ledger = build_ledger(points, prices, by="tenant",
+                          reference_mfu=LedgerSettings().reference_mfu)
+    return ledger, prices, source
 
 
 def summarize(collected: Any, truth: list[dict[str, Any]] | None = None,
@@ -283,13 +294,8 @@ def summarize(collected: Any, truth: list[dict[str, Any]] | None = None,
             "gpu_seconds": _sum(recs, "gpu_seconds") or 0.0,
             "achieved_flops": _sum(recs, "achieved_flops") or 0.0,
             "estimated_flops": _sum(recs, "estimated_flops") or 0.0,
-            # peak over known GPU-seconds: achieved / mfu per window, where mfu is known;
-            # a window at MFU 0 is all known zeros (idle), so its whole peak counts
-            "known_peak_flops": math.fsum(
-                r["achieved_flops"] / r["mfu"] if r["mfu"] > 0 else r.get("peak_flops") or 0.0
-                for r in recs if r.get("mfu") is not None),
             "energy_j": _sum(recs, "energy_j"),
-            "flops_per_j": _ratio_over(recs, "achieved_flops", "energy_j"),
+            "flops_per_j": _flops_per_known_j(recs),
             "tokens_per_j": _ratio_over(recs, "tokens", "energy_j"),
             "truth_windows": len(trs),
             "true_mfu": t_true / t_peak if t_peak > 0 else None,
@@ -387,7 +393,7 @@ def summarize(collected: Any, truth: list[dict[str, Any]] | None = None,
         "fleet_mbu": _ratio_over(fleet, "achieved_bytes", "peak_bytes"),
         "fleet_flop_sources": _sources(fleet),
         "fleet_energy_j": _sum(fleet, "energy_j"),
-        "fleet_flops_per_j": _ratio_over(fleet, "achieved_flops", "energy_j"),
+        "fleet_flops_per_j": _flops_per_known_j(fleet),
         "fleet_gpus": max((f.get("gpus") or 0) for f in fleet) if fleet else 0,
         "window_starts": [f["window_start"] for f in fleet],
         "estimate_vs_truth": estimate_gap(fleet, truth_fleet),
@@ -447,7 +453,12 @@ def _chart(path: Path, collected: Any, t_ref: float,
     ax.set_ylabel("ratio")
     ax.set_ylim(0, 1.05)
     ax.legend(loc="center right", fontsize=8)
+    from cycler import cycler
+
+    # More families than tab10 has colours: solid, then dashed, so no two lines look alike.
+    distinct = cycler(linestyle=["-", "--", ":"]) * cycler(color=plt.cm.tab10.colors)
     for ax, scope in ((axes[2], "workload"), (axes[3], "node")):
+        ax.set_prop_cycle(distinct)
         series: dict[str, list[tuple[float, float]]] = defaultdict(list)
         buckets: dict[tuple[str, float], list[float]] = defaultdict(list)
         for r in collected.by_scope(scope):
@@ -460,8 +471,10 @@ def _chart(path: Path, collected: Any, t_ref: float,
         for key, pts in sorted(series.items()):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1,
                     label=key if scope == "workload" else None)
-        ax.set_title("MFU per workload family (mean over its jobs; estimated where not reported)"
-                     if scope == "workload" else "MFU per node (estimated where not reported)")
+        ax.set_title("MFU per workload family (mean over its jobs; estimated where not "
+                     "reported)\nmarks: policy events, red drift, purple reporter mismatch, "
+                     "orange the others" if scope == "workload"
+                     else "MFU per node (estimated where not reported)")
         ax.set_ylabel("MFU")
         ax.set_ylim(0, max(0.7, *(p[1] for pts in series.values() for p in pts)) if series else 1)
         if scope == "workload" and series:
@@ -489,6 +502,42 @@ def _chart(path: Path, collected: Any, t_ref: float,
     plt.close(fig)
 
 
+SUMMED = ("gpus", "energy_j", "gpu_seconds", "achieved_flops", "estimated_flops", "windows")
+
+
+def display_rows(rows: list[dict[str, Any]], max_jobs: int = 4) -> list[dict[str, Any]]:
+    """Workload rows for the text tables: a family of more than ``max_jobs`` jobs (24 MIG
+    slices of one inference service) is one line ``name-* (N jobs)``: ratios as means over
+    its jobs, GPUs and energy summed, names (tenant, phase, regime, label) as the most
+    common. report.json keeps every job."""
+    fams: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        fams[archetype(r["workload"])].append(r)
+    out = []
+    for fam, rs in fams.items():
+        if len(rs) <= max_jobs:
+            out += rs
+            continue
+        row: dict[str, Any] = {"workload": f"{fam}-* ({len(rs)} jobs)"}
+        for k in rs[0]:
+            if k == "workload":
+                continue
+            vals = [r.get(k) for r in rs if r.get(k) is not None]
+            if k in SUMMED:
+                row[k] = sum(vals) if vals else None
+            elif vals and all(isinstance(v, int | float) and not isinstance(v, bool)
+                              for v in vals):
+                row[k] = statistics.fmean(vals)
+            else:
+                row[k] = _mode([v if not isinstance(v, dict | list) else None for v in vals])
+        out.append(row)
+    return sorted(out, key=lambda r: r["workload"])
+
+
+def _kj(x: float | None) -> str:
+    return "     -" if x is None else f"{x / 1e3:6.0f}"
+
+
 def _pts(x: float | None) -> str:
     return "   -   " if x is None else f"{100 * x:+5.1f} pts"
 
@@ -497,8 +546,10 @@ def _g(x: float | None, scale: float = 1e9) -> str:
     return "    -" if x is None else f"{x / scale:7.1f}"
 
 
-def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: float) -> list[str]:
-    """The text summary (lines) of a :func:`summarize` result plus the ledger."""
+def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: float,
+                   ledger_table: str | None = None) -> list[str]:
+    """The text summary (lines) of a :func:`summarize` result, ending with the ledger
+    (``ledger_table``: :func:`mfucli.ledger.format_table` of the tenant ledger)."""
     lines = [
         "MFU pipeline demo report",
         "========================",
@@ -555,14 +606,18 @@ def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: floa
                      f"{_pct(f.get('mfu_estimated_mean'))}  {_pct(f.get('true_mfu'))}  "
                      f"{_pct(f['sm_util_mean'])} {_pct(f.get('mbu_mean'))}  "
                      f"{f.get('regime') or '-':<8} {f['phase'] or '-'}")
-    lines += ["", "Per workload: measured vs estimated   tenant        coverage measured "
-              "estimated  OFU    true MFU  GFLOP/J  label"]
-    for r in s["workloads"]:
+    shown = display_rows(s["workloads"])
+    lines += ["", "Per workload: measured vs estimated  tenant        coverage measured "
+              "estimated  OFU    true MFU  energy kJ  GFLOP/J  label",
+              "  (estimated: known + counter estimate; GFLOP/J: measured FLOPs per joule of "
+              "the known GPU-seconds, '-' where nothing is known)"]
+    for r in shown:
         lines.append(f"  {r['workload'][:34]:<34} {(r.get('tenant') or '-')[:13]:<13} "
                      f"{_pct(r.get('coverage_mean'))}  {_pct(r['mfu_mean'])}  "
                      f"{_pct(r.get('mfu_estimated_mean'))} {_pct(r.get('ofu_mean'))}  "
-                     f"{_pct(r.get('true_mfu'))}  {_g(r.get('flops_per_j'))}  {r.get('label', '')}")
-    inference = [r for r in s["workloads"] if r.get("phase") in ("decode", "prefill")
+                     f"{_pct(r.get('true_mfu'))}     {_kj(r.get('energy_j'))}  "
+                     f"{_g(r.get('flops_per_j'))}  {r.get('label', '')}")
+    inference = [r for r in shown if r.get("phase") in ("decode", "prefill")
                  or r.get("mbu_mean") is not None]
     if inference:
         lines += ["", "Inference: judged on the binding resource     MFU    MBU  true MBU "
@@ -581,7 +636,7 @@ def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: floa
             lines.append(f"MFU by {title} (GPU-seconds weighted, workloads)")
             lines += [f"  {k[:40]:<40} {_pct(v)}" for k, v in groups.items()]
     lines += ["", "Lowest-MFU workloads            mean MFU  first   last   SM busy GPUs"]
-    worst = sorted((r for r in s["workloads"] if r["mfu_mean"] is not None),
+    worst = sorted((r for r in shown if r["mfu_mean"] is not None),
                    key=lambda r: r["mfu_mean"])[:10]
     for r in worst:
         lines.append(f"  {r['workload'][:28]:<28} {_pct(r['mfu_mean'])}  {_pct(r['mfu_first'])} "
@@ -597,13 +652,15 @@ def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: floa
             if r["workload"] in s["memory_bound"]) or "none"),
         "  of these flagged inefficient by the rules stage: "
         + (", ".join(s["memory_bound_flagged"]) or "none"),
-        f"Un-instrumented workloads (no report on any GPU-second): {len(s['uninstrumented'])}; "
-        "flagged inefficient, underutilized or idle: "
+        f"Un-instrumented workloads (no report on any GPU-second): {len(s['uninstrumented'])}"
+        + (f" ({', '.join(s['uninstrumented'])})" if s["uninstrumented"] else "")
+        + "; flagged inefficient, underutilized or idle: "
         + (", ".join(s["uninstrumented_flagged"]) or "none"),
         f"Drift detected (io.mfu.drift.v1; the drifting job degrades at +{drift_at_s:.0f} s): "
         + (", ".join(s["drift_subjects"]) or "none"),
-        "Reporter mismatch (io.mfu.reporter_mismatch.v1): "
-        + ("none" if not s["reporter_mismatch"] else ""),
+        "Reporter mismatch (io.mfu.reporter_mismatch.v1: reported MFU well above the "
+        "counters' OFU): " + (", ".join(m["workload"] for m in s["reporter_mismatch"])
+                              or "none"),
     ]
     honest = [m["workload"] for m in s["reporter_mismatch"] if m["verdict"].startswith("false")]
     if s["reporter_mismatch"]:
@@ -617,24 +674,14 @@ def render_summary(s: dict[str, Any], *, fleet: str, args: Any, drift_at_s: floa
     lines.append("Policy events by type: "
                  + (", ".join(f"{k}={v}" for k, v in sorted(s["policy_events_by_type"].items()))
                     or "none"))
-    lines += ["", f"Ledger by tenant (from {s.get('ledger_source', '-')})"]
-    ledger = s.get("ledger") or []
-    if ledger:
-        cols = list(ledger[0])
-        lines.append("  " + "  ".join(f"{c[:16]:>16}" for c in cols))
-        for row in ledger:
-            lines.append("  " + "  ".join(f"{_cell(row.get(c)):>16}" for c in cols))
+    led = s.get("ledger") or {}
+    lines += ["", "Ledger by tenant (mfu.ledger, the same table as `mfu ledger --by tenant`; "
+              f"prices from {s.get('ledger_prices_source', '-')})"]
+    if ledger_table and led.get("rows"):
+        lines += ["  " + line if line else "" for line in ledger_table.splitlines()]
     else:
         lines.append("  (no workload records)")
     return lines
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)[:16]
 
 
 def write_report(out: Path, collected: Any, *, sim_started: float, fleet: str,
@@ -642,8 +689,11 @@ def write_report(out: Path, collected: Any, *, sim_started: float, fleet: str,
                  truth: list[dict[str, Any]] | None = None) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     s = summarize(collected, truth, window_s=args.window_s)
-    s["ledger_source"], s["ledger"] = ledger_by_tenant(collected.by_scope("workload"),
-                                                       s["workloads"])
+    from mfucli.ledger import format_table, to_json
+
+    ledger, prices, s["ledger_prices_source"] = ledger_by_tenant(
+        list(collected.records.values()))
+    s["ledger"] = to_json(ledger, prices)
     s.update({"fleet": fleet, "sim_started": sim_started, "drift_at_s": drift_at_s,
               "nodes": args.nodes, "gpus_per_node": args.gpus_per_node,
               "duration_s": args.duration_s, "window_s": args.window_s})
@@ -664,7 +714,8 @@ def write_report(out: Path, collected: Any, *, sim_started: float, fleet: str,
 
     url = os.environ.get("MFU_INFLUX_URL", "http://localhost:8086")
     bucket = os.environ.get("MFU_INFLUX_BUCKET", "mfu/autogen")
-    lines = render_summary(s, fleet=fleet, args=args, drift_at_s=drift_at_s)
+    lines = render_summary(s, fleet=fleet, args=args, drift_at_s=drift_at_s,
+                           ledger_table=format_table(ledger))
     lines += [
         "",
         "Files: mfu-demo.png (chart), report.json (these numbers), records.jsonl (every "

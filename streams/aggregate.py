@@ -695,10 +695,15 @@ def accounting_fields(p: Partial, *, mfu_defined: bool) -> dict[str, object]:
     has_energy = p.energy_seconds > 0
     dram = _clamp01(_ratio(p.dram_s, p.dram_seconds))
     tensor = _clamp01(_ratio(p.tensor_s, p.tensor_seconds))
+    ofu = _ratio(p.ofu_flops, p.ofu_peak_flops)
+    # The counters' compute side of the regime is the fraction of the FLOP roof the pipes
+    # used: OFU (tensor + fp32 + fp64 pipes) where pipe counters exist. tensor_active alone
+    # would call fp32 work (tensor cores idle) memory-bound at any MFU.
+    compute = _clamp01(ofu) if ofu is not None else tensor
     return {
         "flop_sources": s,
         "coverage": _clamp01(_ratio(s.known_s, total)),
-        "ofu": _ratio(p.ofu_flops, p.ofu_peak_flops),
+        "ofu": ofu,
         "estimated_flops": p.estimated_flops,
         "mfu_estimated": (_ratio(p.achieved_flops + p.estimated_flops,
                                  p.peak_flops + p.counters_peak_flops) if mfu_defined else None),
@@ -707,7 +712,7 @@ def accounting_fields(p: Partial, *, mfu_defined: bool) -> dict[str, object]:
         "mbu": _ratio(p.achieved_bytes, p.peak_bytes) if has_bytes else None,
         "dram_active": dram,
         "regime": roofline_regime(p.bytes_flops, p.achieved_bytes if has_bytes else None,
-                                  p.bytes_peak_flops, p.peak_bytes, tensor, dram),
+                                  p.bytes_peak_flops, p.peak_bytes, compute, dram),
         "energy_j": p.energy_j if has_energy else None,
         "flops_per_j": _ratio(p.energy_flops, p.energy_known_j) if has_energy else None,
         "tokens_per_j": (_ratio(p.energy_tokens, p.energy_known_j)

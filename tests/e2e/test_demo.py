@@ -78,3 +78,110 @@ def test_report_names_drift_and_busy_inefficient(demo_report: Path) -> None:
     flagged = {s.split("/", 1)[1] for s in report["busy_inefficient_subjects"]}
     assert flagged & set(report["busy_but_inefficient"])
     assert "llm-train-0" in summary
+
+
+def _report(demo_report: Path) -> tuple[dict, str, dict[str, dict]]:
+    report = json.loads((demo_report / "report.json").read_text())
+    rows = {r["workload"]: r for r in report["workloads"]}
+    return report, (demo_report / "summary.txt").read_text(), rows
+
+
+def _family(rows: dict[str, dict], prefix: str) -> list[dict]:
+    out = [r for k, r in rows.items() if k.rsplit("-", 1)[0] == prefix]
+    assert out, f"no {prefix}-* workload in the report: {sorted(rows)}"
+    return out
+
+
+def test_coverage_and_estimate_against_the_truth(demo_report: Path) -> None:
+    """Silent jobs exist, so coverage is below 1 and MFU is over known GPU-seconds; the
+    estimate's distance to the simulator's truth decomposes exactly into its causes."""
+    report, summary, _ = _report(demo_report)
+    src = report["fleet_flop_sources"]
+    assert src["counters"] > 0 and src["reported"] > 0  # silent jobs on counters, SDK jobs
+    assert 0 < report["fleet_coverage_mean"] < 1
+    assert report["fleet_mfu_estimated_mean"] is not None
+    for line in ("coverage (GPU-seconds with known FLOPs)", "MFU measured (known GPU-seconds)",
+                 "MFU estimated (known + counters)",
+                 "Fleet mfu_estimated vs the simulator's ground truth"):
+        assert line in summary, line
+    gap = report["estimate_vs_truth"]
+    assert gap and gap["windows"] >= 3 and gap["estimated_windows"] == gap["windows"]
+    parts = (gap["estimator"] + gap["over_reported"] + gap["hardware_not_model"]
+             + gap["unknown_excluded"])
+    assert parts == pytest.approx(gap["gap_all"], abs=1e-9)
+    assert gap["over_reported"] > 0  # the double-counting reporter is in the fleet
+
+
+def test_decode_is_memory_bound_on_mbu_not_inefficient(demo_report: Path) -> None:
+    report, summary, rows = _report(demo_report)
+    flagged = {s.split("/", 1)[1] for s in report["busy_inefficient_subjects"]}
+    for r in _family(rows, "decode"):
+        assert r["phase"] == "decode" and r["regime"] == "memory", r
+        assert r["mbu_mean"] is not None and r["mbu_mean"] > r["mfu_mean"], r
+        assert r["label"].startswith("memory-bound, MBU "), r["label"]
+        assert r["workload"] not in report["busy_but_inefficient"]
+        assert r["workload"] not in flagged and r["workload"] not in report["memory_bound_flagged"]
+        assert f"{r['workload']} (memory-bound, MBU " in summary
+    # memory-bound means intensity below half the ridge, so MFU < MBU / 2 < 0.5: a job at
+    # high MFU is never called memory-bound (fp32 training once was, on tensor_active 0)
+    for name in report["memory_bound"]:
+        assert rows[name]["mfu_mean"] is None or rows[name]["mfu_mean"] < 0.5, rows[name]
+
+
+def test_underbatched_prefill_is_flagged(demo_report: Path) -> None:
+    report, _, rows = _report(demo_report)
+    flagged = {s.split("/", 1)[1] for s in report["busy_inefficient_subjects"]}
+    for r in _family(rows, "infer"):
+        assert r["phase"] == "prefill" and r["label"].startswith("busy but inefficient"), r
+        assert r["workload"] in report["busy_but_inefficient"] and r["workload"] in flagged
+
+
+def test_reporter_mismatch_names_the_double_counting_reporter(demo_report: Path) -> None:
+    report, summary, rows = _report(demo_report)
+    by = {m["workload"]: m for m in report["reporter_mismatch"]}
+    for r in _family(rows, "moe-train"):
+        m = by.get(r["workload"])
+        assert m is not None, report["reporter_mismatch"]
+        assert m["verdict"] == "true positive" and m["over_report"] > 1.2
+        assert m["windows_to_detect"] is not None and m["windows_to_detect"] >= 1
+        assert f"  {r['workload']}: {m['events']} event(s)" in summary
+    assert [m for m in by.values() if m["verdict"] != "true positive"] == []
+    assert "  honest reporters flagged: none" in summary
+
+
+def test_energy_per_workload(demo_report: Path) -> None:
+    """Every simulated GPU reports energy; FLOPs per joule only where FLOPs are known (a
+    silent job has none, not zero)."""
+    report, _, rows = _report(demo_report)
+    assert report["fleet_energy_j"] > 0 and report["fleet_flops_per_j"] > 0
+    for r in rows.values():
+        assert r["energy_j"] is not None and r["energy_j"] > 0, r["workload"]
+        if r["mfu_mean"] is None:
+            assert r["flops_per_j"] is None, r["workload"]
+        elif r["achieved_flops"] > 0:
+            assert r["flops_per_j"] > 0, r["workload"]
+    total = report["ledger"]["total"]
+    assert total["energy_kwh"] * 3.6e6 == pytest.approx(
+        sum(r["energy_j"] for r in rows.values()), rel=1e-9)
+
+
+def test_ledger_by_tenant_closes_the_summary(demo_report: Path) -> None:
+    report, summary, rows = _report(demo_report)
+    ledger = report["ledger"]
+    assert ledger["group_by"] == "tenant"
+    tenants = {r["tenant"] or "(no tenant)" for r in rows.values()}
+    by = {r["group"]: r for r in ledger["rows"]}
+    assert set(by) == tenants
+    # the rows add up to the total, which is every workload GPU-second
+    gpu_h = sum(r["gpu_seconds"] for r in rows.values()) / 3600.0
+    assert sum(r["allocated_gpu_hours"] for r in by.values()) == pytest.approx(gpu_h, rel=1e-9)
+    assert ledger["total"]["allocated_gpu_hours"] == pytest.approx(gpu_h, rel=1e-9)
+    for tenant, row in by.items():
+        assert row["cost_usd"] is not None and row["cost_usd"] > 0, tenant  # rules' prices
+        jobs = [r for r in rows.values() if (r["tenant"] or "(no tenant)") == tenant]
+        if all(r["mfu_mean"] is None for r in jobs):  # silent tenant: unknown, not zero
+            assert row["mfu"] is None and row["unknown_usd"] > 0, tenant
+    assert ledger["unallocated"] is not None
+    section = summary.split("Ledger by tenant", 1)[1].split("\nFiles:", 1)[0]
+    assert all(name in section for name in (*tenants, "(all groups)", "(unallocated)"))
+    assert summary.index("Ledger by tenant") > summary.index("Policy events by type")

@@ -454,3 +454,16 @@ def test_hardware_comes_from_the_gpu_catalog() -> None:
         assert hw.gpm is spec.gpm_counters
     with pytest.raises(peaks.UnknownGPUError):
         hardware("NVIDIA Imaginary 9000")
+
+
+@pytest.mark.parametrize("nodes", [6, 8, 16])
+def test_buggy_reporter_sits_where_pipe_counters_can_catch_it(nodes: int) -> None:
+    """The demo's H100/A100 round robin at 6 nodes (the e2e test's fleet): n0 llm-train,
+    n1-n2 dp-wide, then n3 A100, n4 H100, n5 A100 free. MIG used to take n4, the last
+    H100, so the double-counting reporter landed on an A100 without pipe counters and
+    reporter_mismatch could not fire. MIG now takes n5 and leaves n4 to the reporter."""
+    fleet = FleetSimulator(nodes, 8, ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"],
+                           seed=7, start_ts=T0)
+    moe = [d for d in fleet.devices if d.workload and d.workload.name.startswith("moe-train")]
+    assert moe and {d.gpu_name for d in moe} == {"NVIDIA H100 80GB HBM3"}
+    assert any(d.mig_slot is not None for d in fleet.devices)  # the MIG node stays

@@ -1,11 +1,10 @@
 """The demo's report on synthetic records: coverage and measured vs estimated MFU, the
 estimate against the simulator's truth (and why they differ), memory-bound inference on
-MBU, reporter mismatch, energy, and the ledger by tenant (mfu.ledger or the fallback)."""
+MBU, reporter mismatch, energy, and the ledger by tenant (mfu.ledger)."""
 
 from __future__ import annotations
 
-import sys
-import types
+import json
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from mfucli.demo import Collected, simulator_truth
 from mfucli.demo_report import (
     estimate_gap,
     ledger_by_tenant,
-    own_ledger,
     summarize,
     workload_label,
     write_report,
@@ -101,22 +99,25 @@ def demo_collected() -> tuple[Collected, list[dict[str, Any]]]:
         for r in (
             rec("workload", "decode-0", k, mfu=0.03, sm_util=0.65, phase="decode",
                 regime="memory", mbu=0.7, achieved_bytes=7.0, peak_bytes=10.0,
-                achieved_flops=3.0, energy_j=2.0, tokens=10.0, tenant="serve-co",
+                achieved_flops=3.0, energy_j=2.0, flops_per_j=1.5, tokens=10.0,
+                tenant="serve-co",
                 coverage=1.0, flop_sources=src(engine=10)),
             rec("workload", "infer-0", k, mfu=0.07, sm_util=0.9, phase="prefill",
                 regime="mixed", mbu=0.04, achieved_bytes=0.4, peak_bytes=10.0,
-                achieved_flops=7.0, energy_j=3.0, tenant="serve-co", coverage=1.0,
+                achieved_flops=7.0, energy_j=3.0, flops_per_j=7 / 3, tenant="serve-co",
+                coverage=1.0,
                 flop_sources=src(engine=10)),
             rec("workload", "dark-train-0", k, mfu=None, mfu_estimated=0.4, ofu=0.44,
                 sm_util=0.95, coverage=0.0, estimated_flops=40.0, energy_j=5.0,
                 tenant="dark-matter", flop_sources=src(counters=10)),
             rec("workload", "moe-train-0", k, mfu=0.6, sm_util=0.96, ofu=0.33,
-                achieved_flops=60.0, energy_j=6.0, tenant="moe-labs", coverage=1.0,
+                achieved_flops=60.0, energy_j=6.0, flops_per_j=10.0, tenant="moe-labs",
+                coverage=1.0,
                 flop_sources=src(reported=10)),
         ):
             c.records[r["event_id"]] = r
         f = rec("fleet", "demo-x", k, mfu=0.15, mfu_estimated=0.28, coverage=0.5,
-                allocation=1.0, achieved_flops=30.0, energy_j=10.0,
+                allocation=1.0, achieved_flops=30.0, energy_j=10.0, flops_per_j=6.0,
                 flop_sources=src(reported=10, idle=10, counters=10, none=10))
         c.records[f["event_id"]] = f
         truth.append(fleet_truth(k))
@@ -161,55 +162,50 @@ def test_summary_names_memory_bound_silent_and_mismatch() -> None:
     assert rows["dark-train-0"]["coverage_mean"] == 0.0
     assert rows["moe-train-0"]["true_mfu"] == pytest.approx(0.3)  # 120 / 400
     assert s["fleet_coverage_mean"] == 0.5 and s["fleet_mfu_estimated_mean"] == 0.28
-    assert s["fleet_flops_per_j"] == pytest.approx(3.0)  # 120 FLOPs / 40 J
+    # 30 FLOPs per window over the known GPU-seconds' 5 J (flops_per_j 6): 120 / 20 J;
+    # the silent half's joules are not in it, and a silent job has no FLOP/J at all
+    assert s["fleet_flops_per_j"] == pytest.approx(6.0)
+    assert rows["dark-train-0"]["flops_per_j"] is None
     assert s["estimate_vs_truth"]["windows"] == 4
     assert s["fleet_flop_sources"] == src(reported=40, idle=40, counters=40, none=40)
 
 
-def test_own_ledger_by_tenant() -> None:
-    rows = [
-        {"tenant": "a", "gpu_seconds": 7200.0, "achieved_flops": 3e15, "estimated_flops": 0.0,
-         "energy_j": 3.6e6, "known_peak_flops": 1e16},
-        {"tenant": "a", "gpu_seconds": 3600.0, "achieved_flops": 1e15, "estimated_flops": 0.0,
-         "energy_j": 3.6e6, "known_peak_flops": 1e16},
-        {"tenant": "b", "gpu_seconds": 1800.0, "achieved_flops": 0.0, "estimated_flops": 2e15,
-         "energy_j": 0.0, "known_peak_flops": 0.0},
+def test_ledger_by_tenant_is_mfu_ledger_priced_by_the_rules(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's ledger is mfu.ledger's, over the records, priced by the rules file's
+    ``prices`` block unless MFU_LEDGER_PRICES is set."""
+    monkeypatch.delenv("MFU_LEDGER_PRICES", raising=False)
+    monkeypatch.delenv("MFU_LEDGER_PRICES_FILE", raising=False)
+    monkeypatch.delenv("MFU_POLICIES_RULES_FILE", raising=False)
+    h100 = {"gpu_model": "NVIDIA H100 80GB HBM3"}
+    records = [
+        # a: 2 windows of 3600 GPU-s, all reported, MFU 0.5 and 0.1; 2 kWh each
+        rec("workload", "a-0", 0, gpu_seconds=3600.0, achieved_flops=4e15, mfu=0.5,
+            energy_j=3.6e6, tenant="a", flop_sources=src(reported=3600), **h100),
+        rec("workload", "a-0", 1, gpu_seconds=3600.0, achieved_flops=1e15, mfu=0.1,
+            energy_j=3.6e6, tenant="a", flop_sources=src(reported=3600), **h100),
+        # b: 1800 GPU-s busy and silent, counters estimate 2 PFLOPs
+        rec("workload", "b-0", 0, gpu_seconds=1800.0, mfu=None, mfu_estimated=0.3,
+            estimated_flops=2e15, tenant="b", flop_sources=src(counters=1800), **h100),
     ]
-    a, b = own_ledger(rows)
-    # a: 10800 s = 3 GPU-h; 4 PFLOPs measured; MFU 4e15 / 2e16; 7.2e6 J = 2 kWh;
-    # 4e15 FLOPs / 7.2e6 J = 555.6 GFLOP/J
-    assert a == {"tenant": "a", "workloads": 2, "gpu_hours": 3.0, "measured_pflops": 4.0,
-                 "estimated_pflops": 0.0, "mfu": 0.2, "energy_kwh": 2.0,
-                 "gflops_per_j": pytest.approx(4e15 / 7.2e6 / 1e9)}
-    assert b["gpu_hours"] == 0.5 and b["estimated_pflops"] == 2.0
-    assert b["mfu"] is None and b["gflops_per_j"] is None
+    ledger, prices, source = ledger_by_tenant(records)
+    assert "default_rules.yaml" in source and prices.price(h100["gpu_model"]) == 3.00
+    rows = {r.group: r for r in ledger.rows}
+    a, b = rows["a"], rows["b"]
+    # a: 7200 s = 2 GPU-h at $3.00 = $6; MFU (0.5 x 3600 + 0.1 x 3600) / 7200 = 0.3;
+    # 5 PFLOP measured; wasted: $3 x max(0, 1 - 0.1 / 0.4) = $2.25 (the 0.5 window: 0)
+    assert a.allocated_gpu_hours == 2.0 and a.mfu == pytest.approx(0.3)
+    assert a.measured_pflop == pytest.approx(5.0) and a.energy_kwh == pytest.approx(2.0)
+    assert a.cost_usd == pytest.approx(6.0) and a.wasted_usd == pytest.approx(2.25)
+    # b: 0.5 GPU-h, nothing known: $1.50 unknown, never wasted; 2 PFLOP estimated
+    assert b.mfu is None and b.estimated_pflop == pytest.approx(2.0)
+    assert b.unknown_usd == pytest.approx(1.5) and b.wasted_usd == 0.0
+    monkeypatch.setenv("MFU_LEDGER_PRICES", '{"*": 1.0}')
+    ledger, _, source = ledger_by_tenant(records)
+    assert source.startswith("MFU_LEDGER_PRICES") and ledger.total.cost_usd == pytest.approx(2.5)
 
 
-def test_ledger_uses_mfu_ledger_where_it_exists(monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = [{"tenant": "a", "gpu_seconds": 3600.0, "achieved_flops": 0.0,
-             "estimated_flops": 0.0, "energy_j": 0.0, "known_peak_flops": 0.0}]
-    monkeypatch.setitem(sys.modules, "mfu.ledger", None)  # not installed: ImportError
-    where, got = ledger_by_tenant([], rows)
-    assert "not installed" in where and got == own_ledger(rows)
-    fake = types.ModuleType("mfu.ledger")
-    seen: dict[str, Any] = {}
-
-    def ledger_rows(records: list, by: str) -> list[dict[str, Any]]:
-        seen.update(records=records, by=by)
-        return [{"group": "a", "gpu_hours": 1.0}]
-
-    fake.ledger_rows = ledger_rows  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mfu.ledger", fake)
-    where, got = ledger_by_tenant([{"key": "w"}], rows)
-    assert where == "mfu.ledger.ledger_rows" and got == [{"group": "a", "gpu_hours": 1.0}]
-    assert seen == {"records": [{"key": "w"}], "by": "tenant"}
-    fake.ledger_rows = lambda records: []  # type: ignore[attr-defined]  # other signature
-    where, got = ledger_by_tenant([], rows)
-    assert "failed: TypeError" in where and got == own_ledger(rows)
-
-
-def test_write_report_files_and_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "mfu.ledger", None)
+def test_write_report_files_and_summary(tmp_path: Path) -> None:
     c, truth = demo_collected()
     args = Namespace(nodes=2, gpus_per_node=2, duration_s=40.0, window_s=10.0)
     paths = write_report(tmp_path, c, sim_started=WS, fleet="demo-x", drift_at_s=16,
@@ -222,8 +218,14 @@ def test_write_report_files_and_summary(tmp_path: Path, monkeypatch: pytest.Monk
                    "decode-0 (memory-bound, MBU 70%)",
                    "moe-train-0: 2 event(s), first after 3 window(s); truth: reports 2.00x",
                    "  honest reporters flagged: none",
-                   "Ledger by tenant (from demo records (mfu.ledger not installed))"):
+                   "Ledger by tenant (mfu.ledger"):
         assert needle in text, needle
+    ledger = text.split("Ledger by tenant", 1)[1]
+    for tenant in ("serve-co", "dark-matter", "moe-labs", "(all groups)"):
+        assert tenant in ledger, tenant
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {r["group"] for r in report["ledger"]["rows"]} == {"serve-co", "dark-matter",
+                                                             "moe-labs"}
     assert (tmp_path / "mfu-demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((tmp_path / "truth.jsonl").read_text().splitlines()) == len(truth)
 
@@ -268,3 +270,25 @@ def test_flags_on_unknown_or_memory_bound_work_are_named() -> None:
     # decode reports 3 for a true 3: honest; its first event ends one window in
     assert verdicts == {"decode-0": ("false positive (honest reporter)", 1),
                         "moe-train-0": ("true positive", 3)}
+
+
+def test_display_rows_fold_large_families_and_flops_per_known_joule() -> None:
+    from mfucli.demo_report import _flops_per_known_j, display_rows
+
+    rows = [{"workload": f"mig-{i}", "tenant": "edge", "mfu_mean": m, "gpus": 1,
+             "energy_j": 10.0, "label": ""} for i, m in enumerate((0.1, 0.2, 0.3, 0.4, 0.5))]
+    rows.append({"workload": "solo-0", "tenant": "t", "mfu_mean": 0.6, "gpus": 2,
+                 "energy_j": 5.0, "label": "mixed"})
+    (mig, solo) = display_rows(rows)
+    # 5 jobs > 4: one line, MFU mean (0.1 + ... + 0.5) / 5 = 0.3, GPUs 5, energy 50 J
+    assert mig["workload"] == "mig-* (5 jobs)" and mig["mfu_mean"] == pytest.approx(0.3)
+    assert mig["gpus"] == 5 and mig["energy_j"] == 50.0 and mig["tenant"] == "edge"
+    assert solo == rows[-1]
+    # window 1: 8 FLOPs at 2 FLOP/J = 4 known J; window 2 idle (a known zero): 6 J x
+    # coverage 1; window 3 silent (mfu None): left out. 8 / (4 + 6) = 0.8
+    recs = [{"mfu": 0.4, "achieved_flops": 8.0, "flops_per_j": 2.0, "energy_j": 9.0},
+            {"mfu": 0.0, "achieved_flops": 0.0, "flops_per_j": 0.0, "energy_j": 6.0,
+             "coverage": 1.0},
+            {"mfu": None, "achieved_flops": 0.0, "flops_per_j": None, "energy_j": 7.0}]
+    assert _flops_per_known_j(recs) == pytest.approx(0.8)
+    assert _flops_per_known_j(recs[2:]) is None
