@@ -51,6 +51,7 @@ from mfu.events import (
     MAX_BATCH_EVENTS,
     MAX_FLOPS_PER_S_PER_GPU,
     MAX_INTERVAL_S,
+    NAME_PATTERN,
     E,
     FlopReport,
     GpuSample,
@@ -61,7 +62,8 @@ from mfu.events import (
 
 _MAX = sys.float_info.max  # finite floats only: inf fails this bound, NaN every bound
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+# The contract's Name: no control characters (InfluxDB line protocol cannot carry them).
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=NAME_PATTERN)]
 Ratio = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=_MAX)]
 EpochSeconds = Annotated[float, msgspec.Meta(gt=1e9, lt=1e10)]

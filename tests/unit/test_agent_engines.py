@@ -380,7 +380,8 @@ def test_agent_publishes_engine_reports(server, tmp_path: Path) -> None:
     make_proc(proc, 501, 500, ["python3", "-c", "engine core"], env="MFU_WORKLOAD=sgl-chat\0")
     broker = FakeBroker()
     agent = Agent(AgentSettings(node="n1", interval_s=1.0, socket=str(tmp_path / "a.sock"),
-                                spool_dir=tmp_path / "spool", metrics_port=0, proc_root=proc),
+                                spool_dir=tmp_path / "spool", metrics_port=0, proc_root=proc,
+                                envelope_s=1.0),  # one message per interval: no buffering
                   nvml=FakeNvml(node_document(1, first_pid=501)),
                   producer_factory=broker.factory)
     agent.collector.start(T0 - 1)

@@ -140,8 +140,8 @@ def test_valid_batches_take_the_fast_path(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "reason"), [
-    ("ts", "1700000001", None),        # lax pydantic coerces: accepted via the fallback
-    ("gpu_index", 1.0, None),          # likewise a whole float for an int
+    ("ts", "1700000001", "ts: Input should be a valid number"),  # strict: no coercion
+    ("gpu_index", 1.0, "gpu_index: Input should be a valid integer"),  # nor a float for an int
     ("ts", 1_700_000_001_000, "ts: Input should be less than 10000000000"),  # ms, not s
     ("sm_util", 1.5, "sm_util: Input should be less than or equal to 1"),
     ("power_w", math.inf, "power_w: Input should be a finite number"),
