@@ -1,6 +1,7 @@
 """Sinks for closed windows, selected by configuration (``MFU_STREAMS_SINKS``).
 
-Kinds (``KINDS``): ``influxdb`` (measurement ``mfu``, the default), ``prometheus``
+Kinds are the modules of this package (``known_kinds()``), each with a
+``from_settings(settings, ctx) -> Sink`` factory: ``influxdb`` (measurement ``mfu``, the default), ``prometheus``
 (latest window per key as gauges on the stage's /metrics) and ``kafka`` (every record to
 one extra topic, ``MFU_STREAMS_SINK_KAFKA_TOPIC``). ``build_sinks`` turns the settings into
 one :class:`~mfuio.sinks.base.FanOut`; the stream stage calls its ``write(records)``.
@@ -8,6 +9,8 @@ one :class:`~mfuio.sinks.base.FanOut`; the stream stage calls its ``write(record
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +21,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mfu.config import InfluxSettings, KafkaSettings
 from mfuio.sinks.base import FanOut, Rejection, Sink, SinkResult
 
-__all__ = ["KINDS", "FanOut", "Rejection", "Sink", "SinkContext", "SinkResult", "SinkSettings",
-           "build_sinks"]
+__all__ = ["FanOut", "Rejection", "Sink", "SinkContext", "SinkResult", "SinkSettings",
+           "build_sinks", "factory", "known_kinds"]
 
 
 class SinkSettings(BaseSettings):
@@ -39,9 +42,11 @@ class SinkSettings(BaseSettings):
     @field_validator("sinks")
     @classmethod
     def _known(cls, value: str) -> str:
-        unknown = [k for k in _split(value) if k not in KINDS]
+        known = known_kinds()
+        unknown = [k for k in _split(value) if k not in known]
         if unknown:
-            raise ValueError(f"unknown sink kind(s) {unknown}; known: {', '.join(KINDS)}")
+            raise ValueError(f"unknown sink kind(s) {unknown}; known: {', '.join(known)} "
+                             "(a kind is a module mfuio/sinks/<kind>.py)")
         return value
 
     def kinds(self) -> list[str]:
@@ -68,43 +73,30 @@ class SinkContext:
     metrics_port: int | None = None  # where the stage serves /metrics (None: not served)
 
 
-def _influxdb(settings: SinkSettings, ctx: SinkContext) -> Sink:
-    from mfuio.sinks.influxdb import InfluxSink
-
-    observe = ctx.metrics.influx_observer if ctx.metrics is not None else None
-    return InfluxSink(ctx.influx, observe=observe)
+# Modules of this package that are not sinks.
+_NOT_SINKS = frozenset({"base"})
 
 
-def _prometheus(settings: SinkSettings, ctx: SinkContext) -> Sink:
-    from mfuio.sinks.prometheus import PrometheusSink
-
-    if ctx.metrics is None or ctx.metrics_port is None:
-        raise ValueError("the prometheus sink is served on the stage's /metrics: set "
-                         "MFU_STREAMS_METRICS_PORT (e.g. 9109) to serve it")
-    return PrometheusSink(ctx.metrics.registry, expire_s=settings.sink_prometheus_expire_s,
-                          scopes=_split(settings.sink_prometheus_scopes))
+def known_kinds() -> list[str]:
+    """Sink kinds: the modules of this package (a module ``<kind>.py`` with a
+    ``from_settings(settings, ctx) -> Sink`` factory is the kind ``<kind>``). Listed
+    without importing them, so selecting ``influxdb`` never imports prometheus_client."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                  if not m.name.startswith("_") and m.name not in _NOT_SINKS)
 
 
-def _kafka(settings: SinkSettings, ctx: SinkContext) -> Sink:
-    from mfuio.sinks.kafka import KafkaTopicSink
-
-    if not settings.sink_kafka_topic:
-        raise ValueError("MFU_STREAMS_SINKS names kafka but MFU_STREAMS_SINK_KAFKA_TOPIC "
-                         "is not set: name the topic the records go to")
-    return KafkaTopicSink(ctx.kafka, settings.sink_kafka_topic)
-
-
-# kind -> factory(settings, context) -> Sink. Adding a sink: one module + one entry here.
-KINDS: dict[str, Callable[[SinkSettings, SinkContext], Sink]] = {
-    "influxdb": _influxdb,
-    "prometheus": _prometheus,
-    "kafka": _kafka,
-}
+def factory(kind: str) -> Callable[[SinkSettings, SinkContext], Sink]:
+    """The ``from_settings`` factory of sink module ``kind`` (imported on first use)."""
+    module = importlib.import_module(f"{__name__}.{kind}")
+    made = getattr(module, "from_settings", None)
+    if made is None:
+        raise ValueError(f"sink module {module.__name__} has no from_settings(settings, ctx)")
+    return made
 
 
 def build_sinks(settings: SinkSettings, ctx: SinkContext) -> FanOut:
     """The configured sinks as one. ``influxdb`` is left out when
     ``MFU_INFLUX_ENABLED=false`` (as before sinks existed)."""
-    sinks = [KINDS[kind](settings, ctx) for kind in settings.kinds()
+    sinks = [factory(kind)(settings, ctx) for kind in settings.kinds()
              if kind != "influxdb" or ctx.influx.enabled]
     return FanOut(sinks)

@@ -7,7 +7,7 @@ retrying and buffering live inside each sink, so the caller stays one line
 (telegraf's ``Write(batch)``, quixstreams' ``BatchingSink.write``).
 
 Adding a sink: one module in this package with a class implementing :class:`Sink` and a
-``from_settings(settings, ctx)`` factory, one entry in ``mfuio.sinks.KINDS``, one test.
+``from_settings(settings, ctx)`` factory (the module's name is the kind), one test.
 """
 
 from __future__ import annotations

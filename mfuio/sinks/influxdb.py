@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from mfu.config import InfluxSettings
 from mfu.events import MfuWindow
+from mfuio.sinks import SinkContext, SinkSettings
 from mfuio.sinks.base import Rejection, SinkResult
 
 
@@ -28,3 +29,9 @@ class InfluxSink:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def from_settings(settings: SinkSettings, ctx: SinkContext) -> InfluxSink:
+    """The ``influxdb`` sink (measurement ``mfu``), reporting writes to the stage's metrics."""
+    observe = ctx.metrics.influx_observer if ctx.metrics is not None else None
+    return InfluxSink(ctx.influx, observe=observe)

@@ -16,6 +16,7 @@ from typing import Any
 
 from mfu.config import KafkaSettings
 from mfu.events import MfuWindow
+from mfuio.sinks import SinkContext, SinkSettings
 from mfuio.sinks.base import Rejection, SinkResult
 
 
@@ -83,3 +84,11 @@ class KafkaTopicSink:
 
     def close(self) -> None:
         self._producer.flush(self.timeout_s)
+
+
+def from_settings(settings: SinkSettings, ctx: SinkContext) -> KafkaTopicSink:
+    """The ``kafka`` sink: every record to ``MFU_STREAMS_SINK_KAFKA_TOPIC``."""
+    if not settings.sink_kafka_topic:
+        raise ValueError("MFU_STREAMS_SINKS names kafka but MFU_STREAMS_SINK_KAFKA_TOPIC "
+                         "is not set: name the topic the records go to")
+    return KafkaTopicSink(ctx.kafka, settings.sink_kafka_topic)

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from mfu.events import MfuWindow
+from mfuio.sinks import SinkContext, SinkSettings, _split
 from mfuio.sinks.base import SinkResult
 
 LABELS = ("scope", "key", "gpu_model", "tenant", "fleet")
@@ -102,3 +103,12 @@ class PrometheusSink:
                     family.add_metric([rec.scope, rec.key, rec.gpu_model or "",
                                        rec.tenant or "", rec.fleet or ""], float(value))
             yield family
+
+
+def from_settings(settings: SinkSettings, ctx: SinkContext) -> PrometheusSink:
+    """The ``prometheus`` sink, served on the stage's own /metrics."""
+    if ctx.metrics is None or ctx.metrics_port is None:
+        raise ValueError("the prometheus sink is served on the stage's /metrics: set "
+                         "MFU_STREAMS_METRICS_PORT (e.g. 9109) to serve it")
+    return PrometheusSink(ctx.metrics.registry, expire_s=settings.sink_prometheus_expire_s,
+                          scopes=_split(settings.sink_prometheus_scopes))

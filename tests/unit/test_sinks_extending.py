@@ -1,14 +1,14 @@
-"""Adding a sink is one module in mfuio/sinks/ plus one entry in ``mfuio.sinks.KINDS``.
+"""Adding a sink is one module in mfuio/sinks/ (plus its test): the module's name is the
+kind, its ``from_settings(settings, ctx)`` the factory.
 
 The test writes the module a contributor would write (a JSON-lines file sink with its own
-settings model) into a folder on ``mfuio.sinks``' search path, adds the one entry, selects
-it by configuration (``MFU_STREAMS_SINKS``) and sends windows through ``build_sinks``, the
-path the stream stage takes. Nothing else is edited.
+settings model) into a folder on ``mfuio.sinks``' search path, selects it by configuration
+(``MFU_STREAMS_SINKS``) and sends windows through ``build_sinks``, the path the stream
+stage takes. Nothing else is edited: no table, no registration.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import textwrap
@@ -19,7 +19,7 @@ import pytest
 import mfuio.sinks
 from mfu.config import InfluxSettings, KafkaSettings
 from mfu.events import MfuWindow
-from mfuio.sinks import KINDS, Sink, SinkContext, SinkSettings, build_sinks
+from mfuio.sinks import Sink, SinkContext, SinkSettings, build_sinks, known_kinds
 
 PLUGIN = textwrap.dedent('''
     """JSON-lines sink: every closed window as one line of a local file."""
@@ -73,16 +73,14 @@ def window(key: str, mfu: float | None) -> MfuWindow:
                      achieved_flops=4e15, peak_flops=1e16, gpu_seconds=10.0, gpus=1)
 
 
-def test_adding_a_sink_is_one_module_and_one_entry(
+def test_adding_a_sink_is_one_module(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "jsonl.py").write_text(PLUGIN, encoding="utf-8")  # the one module ...
+    (plugins / "jsonl.py").write_text(PLUGIN, encoding="utf-8")  # the one module
     monkeypatch.setattr(mfuio.sinks, "__path__", [*mfuio.sinks.__path__, str(plugins)])
     monkeypatch.delitem(sys.modules, "mfuio.sinks.jsonl", raising=False)
-    module = importlib.import_module("mfuio.sinks.jsonl")
-    monkeypatch.setitem(sys.modules, "mfuio.sinks.jsonl", module)  # undone after the test
-    monkeypatch.setitem(KINDS, "jsonl", module.from_settings)  # ... and the one entry
+    assert "jsonl" in known_kinds()
 
     out = tmp_path / "windows.jsonl"
     monkeypatch.setenv("MFU_STREAMS_SINKS", "jsonl")
@@ -98,9 +96,23 @@ def test_adding_a_sink_is_one_module_and_one_entry(
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [(d["key"], d["mfu"]) for d in lines] == [("a", 0.4), ("c", 0.25)]
     fan.close()
+    sys.modules.pop("mfuio.sinks.jsonl", None)
 
 
-def test_an_unregistered_module_is_not_a_sink_kind() -> None:
-    # without the entry the configuration refuses the kind, naming the known ones
-    with pytest.raises(ValueError, match=r"unknown sink kind.*'jsonl'"):
+def test_a_kind_without_a_module_is_refused_naming_the_known_ones() -> None:
+    assert known_kinds() == ["influxdb", "kafka", "prometheus"]
+    with pytest.raises(ValueError, match=r"unknown sink kind.*'jsonl'.*influxdb, kafka, prometheus"):
         SinkSettings(sinks="jsonl")
+
+
+def test_a_module_without_a_factory_says_so(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "broken.py").write_text("X = 1\n", encoding="utf-8")
+    monkeypatch.setattr(mfuio.sinks, "__path__", [*mfuio.sinks.__path__, str(plugins)])
+    monkeypatch.delitem(sys.modules, "mfuio.sinks.broken", raising=False)
+    ctx = SinkContext(influx=InfluxSettings(enabled=False), kafka=KafkaSettings())
+    with pytest.raises(ValueError, match="has no from_settings"):
+        build_sinks(SinkSettings(sinks="broken"), ctx)
+    sys.modules.pop("mfuio.sinks.broken", None)
