@@ -14,14 +14,14 @@ outage alone is not unhealthy: the agent spools).
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from mfuio.httpserve import EndpointServer
 
 # stats key head -> label names of the items that follow it
 LABELS: dict[str, tuple[str, ...]] = {
@@ -79,7 +79,7 @@ def make_registry(collector: StatsCollector) -> CollectorRegistry:
     return registry
 
 
-class MetricsServer:
+class MetricsServer(EndpointServer):
     """HTTP server for ``/metrics`` and ``/healthz`` in a daemon thread.
 
     ``health``: returns (healthy, details dict) for ``/healthz``. Port 0 picks a free
@@ -87,39 +87,13 @@ class MetricsServer:
 
     def __init__(self, registry: CollectorRegistry, health: Callable[[], tuple[bool, dict]],
                  *, host: str = "127.0.0.1", port: int = 9108) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    body, status, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST
-                elif path in ("/healthz", "/health"):
-                    ok, details = health()
-                    body = json.dumps({"status": "ok" if ok else "unhealthy", **details}).encode()
-                    status, ctype = (200 if ok else 503), "application/json"
-                else:
-                    body, status, ctype = b"not found: try /metrics or /healthz\n", 404, "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def route(path: str) -> tuple[int, str, bytes]:
+            if path == "/metrics":
+                return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+            if path in ("/healthz", "/health"):
+                ok, details = health()
+                body = json.dumps({"status": "ok" if ok else "unhealthy", **details}).encode()
+                return (200 if ok else 503), "application/json", body
+            return 404, "text/plain", b"not found: try /metrics or /healthz\n"
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # scrapes every few seconds would flood the agent's log
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="mfu-metrics", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> MetricsServer:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(route, host=host, port=port, thread_name="mfu-metrics")

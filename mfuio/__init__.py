@@ -1,1 +1,1 @@
-"""Shared I/O of the stream and policies stages: health endpoint and sinks."""
+"""Shared I/O of the stages: health endpoint (also the agent's HTTP server) and sinks."""

@@ -25,7 +25,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -33,6 +32,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mfuio.httpserve import EndpointServer
 
 log = logging.getLogger("mfu.health")
 
@@ -293,57 +294,30 @@ def faust_lag(app: Any, topics: Iterable[str] | None = None) -> list[tuple[str, 
     return rows
 
 
-class HealthServer:
+class HealthServer(EndpointServer):
     """HTTP server for ``/metrics``, ``/healthz`` and ``/readyz`` in a daemon thread.
     Port 0 picks a free port (see :attr:`port`)."""
 
     def __init__(self, metrics: PipelineMetrics, *, host: str = "127.0.0.1",
                  port: int = 0) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    body, status, ctype = (generate_latest(metrics.registry), 200,
-                                           CONTENT_TYPE_LATEST)
-                elif path in ("/healthz", "/readyz"):
-                    live, ready, details = metrics.health()
-                    ok = live if path == "/healthz" else ready
-                    if ok:
-                        word = "ok"
-                    elif not live:
-                        word = "failed"
-                    else:
-                        word = "starting"
-                    body = json.dumps({"status": word, **details}).encode()
-                    status, ctype = (200 if ok else 503), "application/json"
+        def route(path: str) -> tuple[int, str, bytes]:
+            if path == "/metrics":
+                return 200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)
+            if path in ("/healthz", "/readyz"):
+                live, ready, details = metrics.health()
+                ok = live if path == "/healthz" else ready
+                if ok:
+                    word = "ok"
+                elif not live:
+                    word = "failed"
                 else:
-                    body = b"not found: try /metrics, /healthz or /readyz\n"
-                    status, ctype = 404, "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    word = "starting"
+                body = json.dumps({"status": word, **details}).encode()
+                return (200 if ok else 503), "application/json", body
+            return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n"
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # a scrape every few seconds would flood the worker's log
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name=f"mfu-health-{metrics.stage}", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> HealthServer:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(route, host=host, port=port,
+                         thread_name=f"mfu-health-{metrics.stage}")
 
 
 def serve(metrics: PipelineMetrics, settings: HealthSettings) -> HealthServer | None:
