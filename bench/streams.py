@@ -354,6 +354,18 @@ def faust_floor_worker() -> int:
     return 0
 
 
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM a still-running child's process group (it started its own session), SIGKILL
+    after 30 s of no exit."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 def faust_floor(run: Run, messages: int, workdir: Path) -> dict[str, float]:
     """Run :func:`faust_floor_worker` as a subprocess on ``run``'s input topics."""
     env = run.env({})
@@ -375,13 +387,7 @@ def faust_floor(run: Run, messages: int, workdir: Path) -> dict[str, float]:
                 return {"seconds": float(wall), "cpu_seconds": float(cpu)}
         raise BenchError("bare Faust agent exited early:\n" + "".join(output[-30:]))
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        _stop_group(proc)
         with contextlib.suppress(Exception):
             run.admin.delete_topics([f"{run.app_id}-floor-__assignor-__leader"])
 
@@ -456,13 +462,7 @@ def quixstreams_peer(run: Run, nodes: int, last_window_s: float, windows: Window
                          + "".join(output[-30:]))
     finally:
         timer.cancel()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        _stop_group(proc)
         for name in run.admin.list_topics(timeout=10).topics:
             if name.startswith(f"{run.app_id}-peer") or name.startswith(f"repartition__{run.app_id}-peer") \
                     or name.startswith(f"changelog__{run.app_id}-peer"):
