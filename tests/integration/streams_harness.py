@@ -364,6 +364,40 @@ def influx_field_types(influx: Any) -> dict[str, str]:
     return {name: typ for s in series for name, typ in s["values"]}
 
 
+def wait_for_points(influx: Any, topics: Topics, count: int, timeout_s: float,
+                    worker: Worker) -> list[dict[str, Any]]:
+    """The ``mfu`` points of this test's keys (``topics.suffix``) once there are at least
+    ``count`` of them; AssertionError with the worker's log after ``timeout_s``."""
+    where = f"\"key\" =~ /{topics.suffix}/"
+    deadline = time.monotonic() + timeout_s
+    while len(points := influx_points(influx, where)) < count:
+        assert time.monotonic() < deadline, \
+            f"{len(points)} of {count} points in InfluxDB\n{worker.log_tail()}"
+        time.sleep(0.5)
+    return points
+
+
+def wait_influx_complete(influx: Any, topics: Topics, collector: Collector, windows: range,
+                         timeout_s: float, worker: Worker) -> None:
+    """Every output record collected for ``windows`` (window indexes from ``T0``) is in
+    InfluxDB with the record's values; AssertionError naming how many are missing after
+    ``timeout_s``."""
+    records = [r for scope in OUTPUT_KINDS for r in collector.records[topics[scope]]
+               if r["window_start"] < T0 + WINDOW_S * windows.stop]
+    want = {(r["scope"], r["key"], round(r["window_start"] * 1e9)): r for r in records}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        points = {(p["scope"], p["key"], p["time"]): p
+                  for p in influx_points(influx, f'"key" =~ /{topics.suffix}/')}
+        if set(want) <= set(points):
+            break
+        assert time.monotonic() < deadline, \
+            f"{len(set(want) - set(points))} windows missing in InfluxDB\n{worker.log_tail()}"
+        time.sleep(0.5)
+    for k, rec in want.items():
+        assert_point_matches(points[k], rec)
+
+
 def assert_point_matches(point: dict[str, Any], rec: dict[str, Any]) -> None:
     """An InfluxDB point carries the record's values (DESIGN.md §4)."""
     window_s = rec["window_end"] - rec["window_start"]

@@ -36,13 +36,13 @@ from tests.integration.streams_harness import (
     SmallFleet,
     Topics,
     Worker,
-    assert_point_matches,
     committed_offsets,
     create_topics,
     delete_topics,
     end_offsets,
     influx_points,
     wait_for_group,
+    wait_influx_complete,
     worker_env,
 )
 from tests.integration.tcp_proxy import TcpProxy
@@ -222,7 +222,7 @@ def test_sigkill_at_random_moments_and_influx_outage_give_exact_windows(
                              f"windows {windows} after the faults", s.worker)
         s.run_for(2.0)  # repeats, if any
         repeats = s.fleet.check(s.collector, windows)
-        _influx_complete(s, windows)
+        wait_influx_complete(s.influx, s.topics, s.collector, windows, 60, s.worker)
         # Nothing stuck: every input offset is committed once the windows are out.
         deadline = time.monotonic() + 30
         while True:
@@ -275,25 +275,8 @@ def test_broker_outage_delays_results_without_losing_them(
         s.run_for(2.0)
         assert s.worker.alive(), s.worker.log_tail()
         repeats = s.fleet.check(s.collector, windows)
-        _influx_complete(s, windows)
+        wait_influx_complete(s.influx, s.topics, s.collector, windows, 60, s.worker)
         print(f"[broker outage] repeats (identical) {repeats}")
     finally:
         s.close()
         broker.stop()
-
-
-def _influx_complete(s: _Run, windows: range, timeout_s: float = 60) -> None:
-    records = [r for scope in OUTPUT_KINDS for r in s.collector.records[s.topics[scope]]
-               if r["window_start"] < T0 + WINDOW_S * windows.stop]
-    want = {(r["scope"], r["key"], round(r["window_start"] * 1e9)): r for r in records}
-    deadline = time.monotonic() + timeout_s
-    while True:
-        points = {(p["scope"], p["key"], p["time"]): p
-                  for p in influx_points(s.influx, f'"key" =~ /{s.topics.suffix}/')}
-        if set(want) <= set(points):
-            break
-        assert time.monotonic() < deadline, \
-            f"{len(set(want) - set(points))} windows missing in InfluxDB\n{s.worker.log_tail()}"
-        time.sleep(0.5)
-    for k, rec in want.items():
-        assert_point_matches(points[k], rec)

@@ -17,19 +17,17 @@ from devenv.services import InfluxSettings
 from tests.integration.streams_harness import (
     OUTPUT_KINDS,
     T0,
-    WINDOW_S,
     Collector,
     Feeder,
     SmallFleet,
     Topics,
     Worker,
-    assert_point_matches,
     committed_offsets,
     create_topics,
     delete_topics,
     end_offsets,
-    influx_points,
     wait_for_group,
+    wait_influx_complete,
     worker_env,
 )
 
@@ -54,25 +52,6 @@ class _Setup:
         self.worker.stop()
         self.collector.close()
         delete_topics(self.admin, self.names, self.topics.app_id)
-
-
-def _influx_complete(influx: Any, fleet: SmallFleet, collector: Collector,
-                     windows: range, timeout_s: float, worker: Worker) -> None:
-    """Every record of ``windows`` is in InfluxDB with the record's values."""
-    records = [r for scope in OUTPUT_KINDS for r in collector.records[fleet.topics[scope]]
-               if r["window_start"] < T0 + WINDOW_S * windows.stop]
-    want = {(r["scope"], r["key"], round(r["window_start"] * 1e9)): r for r in records}
-    deadline = time.monotonic() + timeout_s
-    while True:
-        points = {(p["scope"], p["key"], p["time"]): p
-                  for p in influx_points(influx, f'"key" =~ /{fleet.topics.suffix}/')}
-        if set(want) <= set(points):
-            break
-        assert time.monotonic() < deadline, \
-            f"{len(set(want) - set(points))} windows missing in InfluxDB\n{worker.log_tail()}"
-        time.sleep(0.5)
-    for k, rec in want.items():
-        assert_point_matches(points[k], rec)
 
 
 def test_worker_killed_mid_window_restarts_with_same_results(
@@ -100,7 +79,7 @@ def test_worker_killed_mid_window_restarts_with_same_results(
         s.collector.poll(2.0)  # late repeats, if any
         repeats = s.fleet.check(s.collector, range(3))
         print(f"[crash] repeated windows (identical): {repeats}")
-        _influx_complete(influx, s.fleet, s.collector, range(3), 20, s.worker)
+        wait_influx_complete(influx, s.topics, s.collector, range(3), 20, s.worker)
     finally:
         s.close()
 
@@ -118,7 +97,7 @@ def test_two_workers_share_partitions_exact_results(
                              s.worker)
         s.collector.poll(1.0)
         assert s.fleet.check(s.collector, range(3)) == 0  # no rebalance: each once
-        _influx_complete(influx, s.fleet, s.collector, range(3), 20, s.worker)
+        wait_influx_complete(influx, s.topics, s.collector, range(3), 20, s.worker)
     finally:
         s.close()
 
@@ -138,7 +117,7 @@ def test_influxdb_outage_delays_results_without_losing_them(
         s.fleet.feed(s.feeder, range(0, 20))
         s.collector.wait_for(s.fleet.have(s.collector, range(2)), 30, "windows 0-1",
                              s.worker)
-        _influx_complete(settings, s.fleet, s.collector, range(2), 20, s.worker)
+        wait_influx_complete(settings, s.topics, s.collector, range(2), 20, s.worker)
 
         server.stop()
         s.fleet.feed(s.feeder, range(20, 40))
@@ -157,7 +136,7 @@ def test_influxdb_outage_delays_results_without_losing_them(
                              "InfluxDB is back", s.worker)
         s.collector.poll(1.0)
         assert s.fleet.check(s.collector, range(4)) == 0
-        _influx_complete(settings, s.fleet, s.collector, range(4), 30, s.worker)
+        wait_influx_complete(settings, s.topics, s.collector, range(4), 30, s.worker)
     finally:
         s.close()
         server.stop()

@@ -40,13 +40,13 @@ from tests.integration.streams_harness import (
     create_topics,
     delete_topics,
     influx_field_types,
-    influx_points,
     key_in_partition,
     partition_for,
     peak,
     report,
     sample,
     wait_for_group,
+    wait_for_points,
     windows_by_key,
     worker_env,
 )
@@ -353,12 +353,7 @@ def run(kafka_bootstrap: str, kafka_admin: AdminClient, influx: Any,
             and len(collector.records[topics["late"]]) >= 2, 20, "dead letters and late",
             worker)
         n_out = sum(len(keys) for keys in want.values())
-        where = f"\"key\" =~ /{topics.suffix}/"
-        deadline = time.monotonic() + 30
-        while len(points := influx_points(influx, where)) < n_out:
-            assert time.monotonic() < deadline, \
-                f"{len(points)} of {n_out} points in InfluxDB\n{worker.log_tail()}"
-            time.sleep(0.5)
+        points = wait_for_points(influx, topics, n_out, 30, worker)
         timings["influx"] = time.monotonic() - t
         collector.poll(1.0)  # anything emitted twice shows up now
         raw = {k: collector.records[topics[k]] for k in (*OUTPUT_KINDS, "deadletter", "late")}

@@ -7,7 +7,6 @@ different partitions so the fleet record is a roll-up across partitions)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,9 @@ from tests.integration.streams_harness import (
     create_topics,
     delete_topics,
     influx_field_types,
-    influx_points,
     key_in_partition,
     wait_for_group,
+    wait_for_points,
     windows_by_key,
     worker_env,
 )
@@ -121,11 +120,7 @@ def outputs(kafka_bootstrap: str, kafka_admin: AdminClient, influx: Any,
 
         collector.wait_for(have, 90, "the window's records", worker)
         n_out = sum(len(k) for k in want.values())
-        where = f"\"key\" =~ /{topics.suffix}/"
-        deadline = time.monotonic() + 30
-        while len(points := influx_points(influx, where)) < n_out:
-            assert time.monotonic() < deadline, f"{len(points)} of {n_out} points\n{worker.log_tail()}"
-            time.sleep(0.5)
+        points = wait_for_points(influx, topics, n_out, 30, worker)
         records = {s: {k: r for (k, _), r in windows_by_key(collector.records[topics[s]]).items()}
                    for s in OUTPUT_KINDS}
         by_key = {(p["scope"], p["key"]): p for p in points}
