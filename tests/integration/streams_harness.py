@@ -600,3 +600,38 @@ def delete_topics(admin: AdminClient, names: list[str], app_id: str | None = Non
     for fut in admin.delete_topics(names, operation_timeout=30).values():
         with contextlib.suppress(Exception):  # cleanup only
             fut.result(timeout=30)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class Stage:
+    """One worker run on fresh per-test topics with the small fleet: topics created,
+    a :class:`Worker` (not started), a :class:`Feeder` and a :class:`Collector` of the
+    output topics (plus ``extra_outputs`` kinds). :meth:`close` stops the worker and
+    deletes the topics.
+
+    ``worker_influx``: the InfluxDB settings the worker writes to when they differ from
+    the ones the test reads back through (a proxy in front of the server)."""
+
+    def __init__(self, bootstrap: str, admin: AdminClient, influx: Any, workdir: Path, *,
+                 partitions: int = 4, workers: int = 1, idle_timeout_s: float = 3.0,
+                 extra_outputs: tuple[str, ...] = (), extra_env: dict[str, str] | None = None,
+                 worker_influx: Any = None) -> None:
+        self.bootstrap = bootstrap
+        self.admin = admin
+        self.influx = influx
+        self.topics = Topics()
+        self.names = create_topics(admin, self.topics, partitions)
+        self.fleet = SmallFleet(self.topics, partitions)
+        env = worker_env(self.topics, bootstrap, worker_influx or influx, partitions=partitions,
+                         idle_timeout_s=idle_timeout_s, extra=extra_env)
+        self.worker = Worker(env, workdir, workers=workers)
+        self.feeder = Feeder(bootstrap, self.topics, partitions)
+        self.collector = Collector(bootstrap, [self.topics[k]
+                                               for k in (*OUTPUT_KINDS, *extra_outputs)])
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.collector.close()
+        delete_topics(self.admin, self.names, self.topics.app_id)

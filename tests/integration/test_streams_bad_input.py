@@ -22,26 +22,16 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 
 from tests.integration.streams_harness import (
     H100,
-    OUTPUT_KINDS,
     T0,
-    WINDOW_S,
-    Collector,
-    Feeder,
-    SmallFleet,
-    Topics,
-    Worker,
-    assert_point_matches,
+    Stage,
     committed_offsets,
-    create_topics,
-    delete_topics,
     end_offsets,
-    influx_points,
     key_in_partition,
     partition_for,
     report,
     sample,
     wait_for_group,
-    worker_env,
+    wait_influx_complete,
 )
 
 pytestmark = pytest.mark.integration
@@ -52,23 +42,19 @@ WINDOWS = range(3)
 
 def test_every_bad_input_class_is_dead_lettered_and_valid_windows_stay_exact(
         kafka_bootstrap: str, kafka_admin: AdminClient, influx: Any, tmp_path: Path) -> None:
-    topics = Topics()
-    names = create_topics(kafka_admin, topics, PARTITIONS)
+    # MFU_KAFKA_PARTITIONS says 8: the worker must adopt the inputs' 5 (it used to
+    # crash-loop on "Unrecognized partition" after make demo's 4-partition topics).
+    stage = Stage(kafka_bootstrap, kafka_admin, influx, tmp_path, partitions=PARTITIONS,
+                  extra_outputs=("deadletter",), extra_env={"MFU_KAFKA_PARTITIONS": "8"})
+    topics, fleet, worker = stage.topics, stage.fleet, stage.worker
+    feeder, collector = stage.feeder, stage.collector
     # Let the broker take a value over 1 MiB (the worker must refuse it, not the broker).
     res = ConfigResource("topic", topics["telemetry"], incremental_configs=[
         ConfigEntry("max.message.bytes", "3000000",
                     incremental_operation=AlterConfigOpType.SET)])
     for fut in kafka_admin.incremental_alter_configs([res]).values():
         fut.result(timeout=30)
-    fleet = SmallFleet(topics, PARTITIONS)
-    # MFU_KAFKA_PARTITIONS says 8: the worker must adopt the inputs' 5 (it used to
-    # crash-loop on "Unrecognized partition" after make demo's 4-partition topics).
-    worker = Worker(worker_env(topics, kafka_bootstrap, influx, partitions=PARTITIONS,
-                               idle_timeout_s=3.0, extra={"MFU_KAFKA_PARTITIONS": "8"}),
-                    tmp_path)
-    feeder = Feeder(kafka_bootstrap, topics, PARTITIONS)
     raw = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 3_000_000})
-    collector = Collector(kafka_bootstrap, [topics[k] for k in (*OUTPUT_KINDS, "deadletter")])
     n0, n1, n2, n3 = fleet.nodes
     job_a = fleet.jobs["a"]
     g0 = fleet.gpus[0]  # n0/g0, job a
@@ -153,20 +139,6 @@ def test_every_bad_input_class_is_dead_lettered_and_valid_windows_stay_exact(
             assert time.monotonic() < deadline, (committed, ends)
             time.sleep(1.0)
 
-        records = [r for scope in OUTPUT_KINDS for r in collector.records[topics[scope]]
-                   if r["window_start"] < T0 + WINDOW_S * WINDOWS.stop]
-        want = {(r["scope"], r["key"], round(r["window_start"] * 1e9)): r for r in records}
-        deadline = time.monotonic() + 30
-        while True:
-            points = {(pt["scope"], pt["key"], pt["time"]): pt
-                      for pt in influx_points(influx, f'"key" =~ /{topics.suffix}/')}
-            if set(want) <= set(points):
-                break
-            assert time.monotonic() < deadline, "windows missing in InfluxDB"
-            time.sleep(0.5)
-        for k, rec in want.items():
-            assert_point_matches(points[k], rec)
+        wait_influx_complete(influx, topics, collector, WINDOWS, 30, worker)
     finally:
-        worker.stop()
-        collector.close()
-        delete_topics(kafka_admin, names, topics.app_id)
+        stage.close()

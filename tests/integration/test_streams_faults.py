@@ -32,18 +32,13 @@ from tests.integration.streams_harness import (
     T0,
     WINDOW_S,
     Collector,
-    Feeder,
-    SmallFleet,
+    Stage,
     Topics,
-    Worker,
     committed_offsets,
-    create_topics,
-    delete_topics,
     end_offsets,
     influx_points,
     wait_for_group,
     wait_influx_complete,
-    worker_env,
 )
 from tests.integration.tcp_proxy import TcpProxy
 
@@ -131,22 +126,16 @@ def _check_commits(s: _Run, kill: int) -> None:
                                 f"{offset} whose {k} record is not out"
 
 
-class _Run:
+class _Run(Stage):
+    """A :class:`Stage` whose worker writes to InfluxDB through a stoppable TCP proxy."""
+
     def __init__(self, bootstrap: str, admin: AdminClient, influx: Any, workdir: Path,
                  *, idle_timeout_s: float = 10.0) -> None:
-        self.bootstrap = bootstrap
-        self.admin = admin
-        self.influx = influx
-        self.topics = Topics()
-        self.names = create_topics(admin, self.topics, PARTITIONS)
-        self.fleet = SmallFleet(self.topics, PARTITIONS)
         target = urllib.parse.urlparse(influx.url)
         self.proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 8086).start()
-        proxied = replace(influx, url=self.proxy.url)
-        self.worker = Worker(worker_env(self.topics, bootstrap, proxied, partitions=PARTITIONS,
-                                        idle_timeout_s=idle_timeout_s), workdir)
-        self.feeder = Feeder(bootstrap, self.topics, PARTITIONS)
-        self.collector = Collector(bootstrap, [self.topics[k] for k in OUTPUT_KINDS])
+        super().__init__(bootstrap, admin, influx, workdir, partitions=PARTITIONS,
+                         idle_timeout_s=idle_timeout_s,
+                         worker_influx=replace(influx, url=self.proxy.url))
         self.commits: list[tuple[int, str, list[int]]] = []
         self.fed = threading.Event()
         self.feed_error: list[BaseException] = []
@@ -167,10 +156,8 @@ class _Run:
             self.collector.poll(0.2)
 
     def close(self) -> None:
-        self.worker.stop()
+        super().close()
         self.proxy.stop()
-        self.collector.close()
-        delete_topics(self.admin, self.names, self.topics.app_id)
 
 
 def _first_output_after(s: _Run, since_counts: dict[str, int], timeout_s: float) -> float:

@@ -17,48 +17,21 @@ from devenv.services import InfluxSettings
 from tests.integration.streams_harness import (
     OUTPUT_KINDS,
     T0,
-    Collector,
-    Feeder,
-    SmallFleet,
-    Topics,
-    Worker,
+    Stage,
     committed_offsets,
-    create_topics,
-    delete_topics,
     end_offsets,
     wait_for_group,
     wait_influx_complete,
-    worker_env,
 )
 
 pytestmark = pytest.mark.integration
-
-
-class _Setup:
-    def __init__(self, bootstrap: str, admin: AdminClient, influx: Any, workdir: Path,
-                 workers: int = 1, idle_timeout_s: float = 3.0) -> None:
-        self.topics = Topics()
-        self.admin = admin
-        self.bootstrap = bootstrap
-        self.names = create_topics(admin, self.topics)
-        self.fleet = SmallFleet(self.topics)
-        self.worker = Worker(worker_env(self.topics, bootstrap, influx,
-                                        idle_timeout_s=idle_timeout_s), workdir,
-                             workers=workers)
-        self.feeder = Feeder(bootstrap, self.topics)
-        self.collector = Collector(bootstrap, [self.topics[k] for k in OUTPUT_KINDS])
-
-    def close(self) -> None:
-        self.worker.stop()
-        self.collector.close()
-        delete_topics(self.admin, self.names, self.topics.app_id)
 
 
 def test_worker_killed_mid_window_restarts_with_same_results(
         kafka_bootstrap: str, kafka_admin: AdminClient, influx: Any, tmp_path: Path) -> None:
     # Idle timeout above the restart's rebalances (the dead member's session expires 6 s
     # in): on a loaded 2-core machine a 3 s timeout fired during them and closed W1 early.
-    s = _Setup(kafka_bootstrap, kafka_admin, influx, tmp_path, idle_timeout_s=10.0)
+    s = Stage(kafka_bootstrap, kafka_admin, influx, tmp_path, idle_timeout_s=10.0)
     try:
         s.worker.start()
         wait_for_group(kafka_bootstrap, s.topics.app_id, 1, s.topics["telemetry"],
@@ -86,7 +59,7 @@ def test_worker_killed_mid_window_restarts_with_same_results(
 
 def test_two_workers_share_partitions_exact_results(
         kafka_bootstrap: str, kafka_admin: AdminClient, influx: Any, tmp_path: Path) -> None:
-    s = _Setup(kafka_bootstrap, kafka_admin, influx, tmp_path, workers=2)
+    s = Stage(kafka_bootstrap, kafka_admin, influx, tmp_path, workers=2)
     try:
         s.worker.start()
         owned = wait_for_group(kafka_bootstrap, s.topics.app_id, 2, s.topics["telemetry"],
@@ -109,7 +82,7 @@ def test_influxdb_outage_delays_results_without_losing_them(
     server.start()
     settings = InfluxSettings(url=server.url, token=server.token, org=server.org,
                               bucket=server.bucket, api=install.api)
-    s = _Setup(kafka_bootstrap, kafka_admin, settings, tmp_path / "worker")
+    s = Stage(kafka_bootstrap, kafka_admin, settings, tmp_path / "worker")
     try:
         s.worker.start()
         wait_for_group(kafka_bootstrap, s.topics.app_id, 1, s.topics["telemetry"],
