@@ -40,8 +40,8 @@ def regime(achieved_flops: float, achieved_bytes: float | None, peak_flops: floa
     where neither is known (or both counters are zero).
     """
     if achieved_bytes and peak_bytes > 0 and peak_flops > 0:
-        ridge = peak_flops / peak_bytes
-        return regime_from_intensity(achieved_flops / achieved_bytes, ridge)
+        return regime_from_intensity(achieved_flops / achieved_bytes,
+                                     ridge_flops_per_byte(peak_flops, peak_bytes))
     if tensor_active is not None and dram_active is not None and (tensor_active > 0 or dram_active > 0):
         if dram_active == 0:
             return "compute"

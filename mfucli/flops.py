@@ -37,6 +37,7 @@ from mfu.flops import (
     mfu_ratio,
     param_counts,
 )
+from mfu.roofline import ridge_flops_per_byte
 from mfucli.main import CLIError
 from mfucli.peaks import (
     check_precision,
@@ -276,7 +277,7 @@ def _decode_out(args: argparse.Namespace, cfg: ModelConfig | None, precision: st
             args.gpu, mig_profile=args.mig_profile, form_factor=args.form_factor)
     except (LookupError, ValueError):
         peak_bytes = None
-    ridge = None if not peak_bytes else peak_flops_per_s / peak_bytes
+    ridge = None if not peak_bytes else ridge_flops_per_byte(peak_flops_per_s, peak_bytes)
     out: dict[str, Any] = {
         "batch_size": batch_size, "context_len": context_len, "kv_precision": kv_precision,
         "peak_bytes_per_s_per_gpu": peak_bytes, "ridge_flops_per_byte": ridge,

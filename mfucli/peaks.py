@@ -21,6 +21,7 @@ from typing import Any
 
 from mfu import peaks
 from mfu.precision import PRECISIONS
+from mfu.roofline import ridge_flops_per_byte
 from mfucli.main import CLIError
 
 
@@ -113,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     peak = resolve(args, precision)
     spec = peak.gpu
     peak_bytes = _peak_bytes(args)
-    ridge = None if peak_bytes is None else peak.peak_flops_per_s / peak_bytes
+    ridge = None if peak_bytes is None else ridge_flops_per_byte(peak.peak_flops_per_s,
+                                                                 peak_bytes)
     memory_fraction = None
     if peak_bytes is not None and spec.memory_bandwidth_bytes_per_s:
         memory_fraction = peak_bytes / spec.memory_bandwidth_bytes_per_s
