@@ -25,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from mfu.events import Event, FlopReport, GpuSample, batch
 from mfu.peaks import peak_flops_per_s
@@ -327,6 +328,17 @@ def windows_by_key(records: list[dict[str, Any]]) -> dict[tuple[str, float], dic
                                   f"{out[k]}\n{rec}"
         out[k] = rec
     return out
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A worker's ``/metrics``: (sample name, its labels) -> value."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 # --------------------------------------------------------------------------- InfluxDB

@@ -10,9 +10,9 @@ import urllib.request
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from devenv.kafka import free_port
+from tests.integration.streams_harness import scrape
 from tests.integration.test_policies_worker import (  # noqa: F401  (stage is a fixture)
     GOOD_RULES,
     stage,
@@ -20,13 +20,6 @@ from tests.integration.test_policies_worker import (  # noqa: F401  (stage is a 
 )
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def value(got: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]

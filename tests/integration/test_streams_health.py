@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from devenv.kafka import free_port
 from mfu.events import batch
@@ -26,19 +25,13 @@ from tests.integration.streams_harness import (
     delete_topics,
     report,
     sample,
+    scrape,
     wait_for_group,
     worker_env,
 )
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 2
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def value(got: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
