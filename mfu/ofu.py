@@ -85,13 +85,6 @@ def pipe_clock_ratios(gpu_name: str, sm_clock_mhz: float | None,
             clock_ratio(sm_clock_mhz, v_ref or max_sm_clock_mhz))
 
 
-def has_pipe_counters(tensor_active: float | None, fp16_active: float | None,
-                      fp32_active: float | None, fp64_active: float | None) -> bool:
-    """True where the sample carries any pipe-activity counter."""
-    return not (tensor_active is None and fp16_active is None and fp32_active is None
-                and fp64_active is None)
-
-
 def classify(sm_util: float | None, tensor_active: float | None, has_pipes: bool) -> SampleClass:
     """Source of a sample's seconds when no FLOP report covers them.
 
