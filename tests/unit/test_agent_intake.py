@@ -152,5 +152,13 @@ def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
     old = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     old.bind(str(path))
     old.close()  # left behind by a crashed agent
-    server = IntakeServer(Intake("n1"), str(path), lambda r: None).start()
-    server.close()
+    got: list[FlopReport] = []
+    server = IntakeServer(Intake("n1", resolve_gpu=resolver), str(path), got.append).start()
+    try:
+        # The new socket is the one listening: a report sent to the path arrives.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(dumps(report(event_id="after-stale")), str(path))
+        _wait_for(lambda: len(got) == 1)
+        assert got[0].event_id == "after-stale"
+    finally:
+        server.close()
