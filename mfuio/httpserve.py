@@ -18,9 +18,11 @@ Route = Callable[[str], tuple[int, str, bytes]]
 
 class EndpointServer:
     """Serves ``route`` on ``host:port`` in a daemon thread named ``thread_name``.
-    Port 0 picks a free port (see :attr:`port`)."""
+    Port 0 picks a free port (see :attr:`port`). ``poll_interval_s``: how often the loop
+    looks for :meth:`close` (the longest ``close`` waits)."""
 
-    def __init__(self, route: Route, *, host: str, port: int, thread_name: str) -> None:
+    def __init__(self, route: Route, *, host: str, port: int, thread_name: str,
+                 poll_interval_s: float = 0.5) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 status, ctype, body = route(self.path.split("?", 1)[0])
@@ -36,6 +38,7 @@ class EndpointServer:
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": poll_interval_s},
                                         name=thread_name, daemon=True)
 
     @property

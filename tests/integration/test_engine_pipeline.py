@@ -10,10 +10,8 @@ fails on a branch without them.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from confluent_kafka.admin import AdminClient
 from agents.engines import EngineCollector, EngineTarget
 from mfu.events import FlopReport, GpuSample
 from mfu.peaks import peak_bytes_per_s
+from mfu_testing.fake_engine import EnginePages
 from tests.integration.streams_harness import (
     H100,
     T0,
@@ -110,40 +109,13 @@ class Run:
     records: dict[tuple[str, float], dict[str, Any]]
 
 
-class _Pages:
-    def __init__(self, pages: list[str]) -> None:
-        self.pages = pages
-        self.served = 0
-
-
-def _serve(pages: _Pages) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = pages.pages[min(pages.served, len(pages.pages) - 1)].encode()
-            pages.served += 1
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                     daemon=True).start()
-    return httpd
-
-
 @pytest.fixture(scope="module")
 def run(kafka_bootstrap: str, kafka_admin: AdminClient, influx: Any,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     topics = Topics()
     node, workload = f"en-{topics.suffix}", f"vllm-chat-{topics.suffix}"
     gpus = (f"GPU-e0-{topics.suffix}", f"GPU-e1-{topics.suffix}")
-    pages = _Pages([vllm_page(v) for v in counter_values()])
-    httpd = _serve(pages)
+    pages = EnginePages([vllm_page(v) for v in counter_values()]).start()
     names = create_topics(kafka_admin, topics, PARTITIONS)
     workdir: Path = tmp_path_factory.mktemp("engine-pipeline")
     worker = Worker(worker_env(topics, kafka_bootstrap, influx, partitions=PARTITIONS), workdir)
@@ -151,7 +123,7 @@ def run(kafka_bootstrap: str, kafka_admin: AdminClient, influx: Any,
     try:
         # The agent side, one tick per second of event time (scrape 0 is the baseline).
         engines = EngineCollector(node, discover=False, timeout_s=5.0, targets=[EngineTarget(
-            url=f"127.0.0.1:{httpd.server_address[1]}", workload=workload, gpu_uuids=gpus)])
+            url=f"127.0.0.1:{pages.port}", workload=workload, gpu_uuids=gpus)])
         reports: list[FlopReport] = []
         samples: list[GpuSample] = []
         for i in range(21):
@@ -178,8 +150,7 @@ def run(kafka_bootstrap: str, kafka_admin: AdminClient, influx: Any,
     finally:
         worker.stop()
         collector.close()
-        httpd.shutdown()
-        httpd.server_close()
+        pages.close()
         delete_topics(kafka_admin, names, topics.app_id)
 
 

@@ -14,10 +14,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from agents.engines import EngineCollector, EngineTarget, infer_phase
 from agents.settings import AgentSettings
 from mfu.events import FlopReport, parse_events
 from mfu.topics import FLOPS
+from mfu_testing.fake_engine import EnginePages
 from mfu_testing.fake_nvml import FakeNvml, node_document
 from tests.unit.test_agent_publisher import FakeBroker
 
@@ -230,46 +229,13 @@ def test_engine_in_another_network_namespace_is_scraped_on_its_address(tmp_path:
 # --------------------------------------------------------------------------- HTTP
 
 
-class Pages:
-    """Serves one page per request from ``pages`` (the last repeats)."""
-
-    def __init__(self, pages: list[str]) -> None:
-        self.pages = pages
-        self.served = 0
-
-
 @pytest.fixture
-def server() -> Iterator[tuple[Pages, int]]:
-    pages = Pages([])
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path != "/metrics":
-                self.send_error(404)
-                return
-            page = pages.pages[min(pages.served, len(pages.pages) - 1)]
-            pages.served += 1
-            body = page.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.timeout = 5
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
+def server() -> Iterator[tuple[EnginePages, int]]:
+    pages = EnginePages().start()
     try:
-        yield pages, httpd.server_address[1]
+        yield pages, pages.port
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+        pages.close()
 
 
 def vllm_page(flops: float, read: float, write: float, prompt: float, gen: float) -> str:
