@@ -478,18 +478,24 @@ def flops_per_token(
     )
 
 
+def _utilisation(achieved: float, peak: float | None, unit: str) -> float | None:
+    """``achieved / peak`` (both in ``unit``); None where no peak is known (None, zero,
+    negative or non-finite); a negative or non-finite ``achieved`` is a caller error."""
+    if not math.isfinite(achieved) or achieved < 0:
+        raise ValueError(f"achieved {unit} must be a finite non-negative number, got "
+                         f"{achieved}")
+    if peak is None or not math.isfinite(peak) or peak <= 0:
+        return None
+    return achieved / peak
+
+
 def mfu_ratio(achieved_flops_per_s: float, peak_flops_per_s: float | None) -> float | None:
     """Model FLOP utilisation as a ratio (0.43, not 43%).
 
     None where no peak is known (None, zero, negative or non-finite peak): MFU is then
     undefined, never NaN. A negative or non-finite achieved rate is a caller error.
     """
-    if not math.isfinite(achieved_flops_per_s) or achieved_flops_per_s < 0:
-        raise ValueError(f"achieved FLOP/s must be a finite non-negative number, got "
-                         f"{achieved_flops_per_s}")
-    if peak_flops_per_s is None or not math.isfinite(peak_flops_per_s) or peak_flops_per_s <= 0:
-        return None
-    return achieved_flops_per_s / peak_flops_per_s
+    return _utilisation(achieved_flops_per_s, peak_flops_per_s, "FLOP/s")
 
 
 # --------------------------------------------------------------------------- bytes
@@ -572,12 +578,7 @@ def decode_bytes(cfg: ModelConfig, *, batch_size: int = 1, context_len: int,
 def mbu_ratio(achieved_bytes_per_s: float, peak_bytes_per_s: float | None) -> float | None:
     """Model bandwidth utilisation (ratio): achieved model bytes/s / peak memory bytes/s;
     None where no peak is known."""
-    if not math.isfinite(achieved_bytes_per_s) or achieved_bytes_per_s < 0:
-        raise ValueError(f"achieved bytes/s must be a finite non-negative number, got "
-                         f"{achieved_bytes_per_s}")
-    if peak_bytes_per_s is None or not math.isfinite(peak_bytes_per_s) or peak_bytes_per_s <= 0:
-        return None
-    return achieved_bytes_per_s / peak_bytes_per_s
+    return _utilisation(achieved_bytes_per_s, peak_bytes_per_s, "bytes/s")
 
 
 # --------------------------------------------------------------------------- helpers
