@@ -4,6 +4,8 @@ for an hour of windows: false drift alarms, detection delay, reporter mismatch."
 
 from __future__ import annotations
 
+from typing import Any
+
 from agents.simulator import FleetSimulator
 from mfu.events import MfuWindow
 from policies.engine import Engine
@@ -26,7 +28,9 @@ rules:
 TRANSIENTS = RULES + "    transients: {max_windows: 3, dip_ratio: 0.5, reference_windows: 12}\n"
 
 
-def _run(rules: str, values: list[float]) -> list[tuple[int, str, float]]:
+def _events(rules: str, values: list[float]) -> list[tuple[int, Any]]:
+    """(window index, event) of every event the engine emits on one workload whose
+    10-s windows have MFU ``values``."""
     eng = Engine(parse_rules(rules))
     state, out = None, []
     for i, x in enumerate(values):
@@ -35,8 +39,12 @@ def _run(rules: str, values: list[float]) -> list[tuple[int, str, float]]:
                       gpu_seconds=10.0, gpus=1, expected_mfu=0.45)
         result = eng.process(w, state)
         state = result.state
-        out += [(i, e.data["status"], e.data["windows"]["start"]) for e in result.events]
+        out += [(i, e) for e in result.events]
     return out
+
+
+def _run(rules: str, values: list[float]) -> list[tuple[int, str, float]]:
+    return [(i, e.data["status"], e.data["windows"]["start"]) for i, e in _events(rules, values)]
 
 
 # A 15 s stall every 60 s straddling window edges: a partial window (0.30), a full one
@@ -104,18 +112,12 @@ rules:
     # (z = -7.5, S = 7 >= 4) but waits through windows 5-9. At 0.36 (window 10) `low`
     # resolves; drift is still alarmed (S capped at h/2 = 2, z = -4.5): it opens at 10.
     values = [0.45] * 5 + [0.30] * 5 + [0.36] * 3
-    eng = Engine(parse_rules(rules))
-    state, got = None, []
-    for i, x in enumerate(values):
-        w = MfuWindow(event_id=str(i), scope="workload", key="j", window_start=T0 + 10 * i,
-                      window_end=T0 + 10 * i + 10, mfu=x, achieved_flops=x, peak_flops=1.0,
-                      gpu_seconds=10.0, gpus=1, expected_mfu=0.45)
-        result = eng.process(w, state)
-        state = result.state
-        got += [(i, e.data["rule"], e.data["status"]) for e in result.events]
-        if e := next((e for e in result.events if e.data["rule"] == "drift"), None):
-            assert e.data["detector"]["deferred_windows"] == 5
-            assert e.data["windows"]["change_point"] == T0 + 50
+    events = _events(rules, values)
+    got = [(i, e.data["rule"], e.data["status"]) for i, e in events]
+    drift = [e for _, e in events if e.data["rule"] == "drift"]
+    assert len(drift) == 1
+    assert drift[0].data["detector"]["deferred_windows"] == 5
+    assert drift[0].data["windows"]["change_point"] == T0 + 50
     assert got == [(5, "low", "open"), (10, "low", "resolved"), (10, "drift", "open")]
 
 
