@@ -13,12 +13,7 @@ from agents.sdk import FlopReporter
 
 UUID = "GPU-5f2b9b8c-1c3e-7d4a-9b0e-2a6f1c7d8e90"
 T0 = 1_700_000_000.0
-LLAMA_3_8B = {
-    "_name_or_path": "meta-llama/Meta-Llama-3-8B", "model_type": "llama",
-    "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 14336,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
-    "vocab_size": 128256, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
-}
+LLAMA_3_8B = json.loads((Path(__file__).parent / "data" / "llama-3-8b.json").read_text())
 # decode, batch 8, context 2048, bf16: (15,009,316,864 weight bytes + 8 * 2048 * 131,072
 # KV bytes) / 8 tokens per step = 2,144,600,064 bytes per token (see test_decode_bytes.py)
 BYTES_PER_TOKEN = 2_144_600_064

@@ -11,13 +11,7 @@ import pytest
 from mfucli.main import main
 
 H100 = "NVIDIA H100 80GB HBM3"
-LLAMA_3_8B = {
-    "_name_or_path": "meta-llama/Meta-Llama-3-8B", "model_type": "llama",
-    "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 14336,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
-    "vocab_size": 128256, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-}
+DATA = Path(__file__).parent / "data"
 
 
 def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:
@@ -66,10 +60,8 @@ def test_peaks_without_bandwidth_in_catalog(capsys: pytest.CaptureFixture[str],
 
 
 @pytest.fixture
-def llama(tmp_path: Path) -> str:
-    path = tmp_path / "llama-3-8b.json"
-    path.write_text(json.dumps(LLAMA_3_8B))
-    return str(path)
+def llama() -> str:
+    return str(DATA / "llama-3-8b.json")
 
 
 def test_flops_decode_bytes_and_mbu(capsys: pytest.CaptureFixture[str], llama: str) -> None:

@@ -11,13 +11,7 @@ from mfu.flops import ModelConfig, decode_bytes, kv_cache_bytes_per_token, mbu_r
 
 DATA = Path(__file__).parent / "data"
 
-LLAMA_3_8B = {
-    "_name_or_path": "meta-llama/Meta-Llama-3-8B", "model_type": "llama",
-    "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 14336,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
-    "vocab_size": 128256, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-}
+LLAMA_3_8B = json.loads((DATA / "llama-3-8b.json").read_text())
 
 
 def test_llama_3_8b_decode_bytes_by_hand() -> None:
