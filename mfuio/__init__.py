@@ -1,1 +1,2 @@
-"""Shared I/O of the stream and policies stages: health endpoint and sinks."""
+"""Shared I/O of the stream and policies stages: the Faust app factory, Kafka admin,
+InfluxDB writer, health endpoint and sinks."""

@@ -40,14 +40,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mfu import peaks, topics
 from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
 from mfu.events import DeadLetter, FlopReport, GpuSample, MfuWindow, Rejected
+from mfuio.faustapp import make_app, static_instance_id
 from mfuio.health import PipelineMetrics, StreamsHealthSettings, faust_lag, serve
+from mfuio.influx import InfluxConfigError
 from mfuio.sinks import SinkContext, SinkSettings, build_sinks
 from streams.aggregate import Marker, Partial
 from streams.deadletter import dead_letter_value
 from streams.decode import MAX_VALUE_BYTES, decode
-from streams.faustapp import make_app, static_instance_id
 from streams.frontier import InOrderAcks
-from streams.influx import InfluxConfigError
 from streams.stages import NEG_INF, Closed, NodeStage, Progress, RollupStage
 
 log = logging.getLogger("mfu.streams")
@@ -76,7 +76,7 @@ class StreamSettings(BaseSettings):
     # A restarted worker takes its partitions back at once with static membership (the
     # broker hands the dead member's assignment to the new process with the same
     # group.instance.id); a worker that never returns is noticed after the session
-    # timeout. See streams.faustapp.static_instance_id.
+    # timeout. See mfuio.faustapp.static_instance_id.
     static_membership: bool = Field(True, description="use a stable group.instance.id")
     instance_id: str | None = Field(None, description="group.instance.id (default: "
                                     "<host>-<n>, n the first free slot on this host)")
