@@ -48,6 +48,7 @@ from streams import delivery
 from streams.aggregate import Marker, Partial
 from streams.deadletter import dead_letter_value
 from streams.decode import MAX_VALUE_BYTES, decode
+from streams.fastdecode import to_model
 from streams.frontier import InOrderAcks
 from streams.stages import NEG_INF, Closed, NodeStage, Progress, RollupStage
 
@@ -72,10 +73,11 @@ class StreamSettings(BaseSettings):
     tick_s: float = Field(1.0, gt=0, description="how often idle partitions are checked")
     take_max: int = Field(500, ge=1, description="input events handled as one run, at most")
     take_within_s: float = Field(0.02, gt=0, description="longest wait to fill a run")
-    # Output records of one close (node records, partials, markers) are sent together and
-    # awaited together: a few ms of linger lets them share produce requests instead of
-    # one request (one socket write) each (docs/performance.md: ~4,000 requests per run).
-    producer_linger_s: float = Field(0.005, ge=0, le=1.0,
+    # No linger by default: the records of one close (node records, partials, markers)
+    # are all queued before the stage awaits their acks, so they share produce requests
+    # anyway, while every close waits for its acks and for the Progress write: a 5 ms
+    # linger cost 5 ms per wait and the worker ~30 % (docs/runtime.md).
+    producer_linger_s: float = Field(0.0, ge=0, le=1.0,
                                      description="producer linger, seconds")
     direct_delivery: bool = Field(True, description="deliver fetched messages with one "
                                   "plain await each (streams.delivery)")
@@ -95,6 +97,20 @@ class StreamSettings(BaseSettings):
     def all_topics(self) -> list[str]:
         return [self.telemetry_topic, self.flops_topic, self.workload_topic, self.node_topic,
                 self.fleet_topic, self.deadletter_topic, self.late_topic, self.partials_topic]
+
+
+class _Delivered:
+    """An input message taken straight from the consumer (no Faust Event): what the
+    frontier holds and acks once the message is durable."""
+
+    __slots__ = ("consumer", "message")
+
+    def __init__(self, message: Any, consumer: Any) -> None:
+        self.message = message
+        self.consumer = consumer
+
+    def ack(self) -> bool:
+        return self.message.ack(self.consumer)
 
 
 @dataclass
@@ -141,6 +157,8 @@ class Runtime:
             if writer is not None:
                 self.metrics.add_backlog_source(lambda w=writer: w.backlog_points)
         self.node: dict[int, _PartitionState] = {}
+        # Fetches of input messages waiting for the node stage (direct delivery).
+        self.batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=8)
         self.rollup: dict[int, _PartitionState] = {}
         # The node-stage agent and the idle timer share per-partition state: one at a time.
         self.node_lock = asyncio.Lock()
@@ -332,16 +350,35 @@ class Runtime:
         gen = getattr(message, "generation_id", None)
         return gen is not None and gen != self.app.consumer_generation_id
 
-    async def on_inputs(self, events: list[Any]) -> None:
-        """Account a run of input events, then close the windows that became due in the
-        partitions they touched and release the acks that became durable.
+    async def deliver(self, messages: list[Any]) -> None:
+        """Take one fetch's input messages from the consumer (:mod:`streams.delivery`):
+        queued for :meth:`run_inputs`, so that fetching goes on while they are processed
+        (the bounded queue is the back-pressure)."""
+        await self.batches.put(messages)
 
-        Faust's ``take_events`` acks the events too once they are handled, so a reference
-        is held on each message first: that ack does not make its offset committable;
-        ours (:meth:`_release`, in offset order), later, does.
-        """
+    async def run_inputs(self) -> None:
+        """The node stage's loop over delivered fetches: what is queued is handled as one
+        run (up to ``take_max`` messages), like the agent's ``take_events`` runs."""
+        while True:
+            messages = await self.batches.get()
+            while not self.batches.empty() and len(messages) < self.s.take_max:
+                messages = messages + self.batches.get_nowait()
+            consumer = self.app.consumer
+            await _fail_stop(self.on_run([_Delivered(m, consumer) for m in messages]))
+
+    async def on_inputs(self, events: list[Any]) -> None:
+        """Account a run of input events from the agent's stream (``direct_delivery``
+        off). Faust's ``take_events`` acks the events too once they are handled, so a
+        reference is held on each message first: that ack does not make its offset
+        committable; ours (:meth:`_release`, in offset order), later, does."""
         for event in events:
             event.message.incref()
+        await self.on_run(events)
+
+    async def on_run(self, events: list[Any]) -> None:
+        """Account a run of input messages (each with ``.message`` and ``.ack()``), then
+        close the windows that became due in the partitions they touched and release the
+        acks that became durable."""
         async with self.node_lock:
             # Wait for recovery (the progress table) before creating any state.
             while self.app.rebalancing:
@@ -388,7 +425,8 @@ class Runtime:
         key = message.key
         if key is None:
             for ev in good:
-                bad.append(Rejected(original=ev.model_dump_json(by_alias=True), reason=(
+                original = to_model(ev).model_dump_json(by_alias=True)
+                bad.append(Rejected(original=original, reason=(
                     f"missing key: inputs must be keyed by node (key {ev.node!r}), so "
                     "that one partition holds all of a node's events")))
             return []
@@ -398,7 +436,8 @@ class Runtime:
             if ev.node == key_text:
                 kept.append(ev)
             else:
-                bad.append(Rejected(original=ev.model_dump_json(by_alias=True), reason=(
+                original = to_model(ev).model_dump_json(by_alias=True)
+                bad.append(Rejected(original=original, reason=(
                     f"key/node mismatch: Kafka key {key_text!r} but event node "
                     f"{ev.node!r}; key each message by the node of its events")))
         return kept
@@ -421,25 +460,28 @@ class Runtime:
         late: list[GpuSample | FlopReport] = []
         try:
             is_sample = topic == self.s.telemetry_topic
+            # Checked msgspec Structs (or pydantic events where the fast path fell
+            # back): both have the models' attributes; to_model() before serializing.
             good, bad = decode(message.value, GpuSample if is_sample else FlopReport,
-                               max_bytes=self.s.max_value_bytes)
+                               max_bytes=self.s.max_value_bytes, structs=True)
             if good:
                 good = self._check_key(message, good, bad)
             if good:
                 ahead = [ev for ev in good
                          if (ev.ts if is_sample else ev.end) > horizon]  # type: ignore[union-attr]
                 if ahead:
-                    good = [ev for ev in good if ev not in ahead]
+                    good = [ev for ev in good
+                            if (ev.ts if is_sample else ev.end) <= horizon]  # type: ignore[union-attr]
                     for ev in ahead:
                         end = ev.ts if is_sample else ev.end  # type: ignore[union-attr]
                         bad.append(Rejected(
-                            original=ev.model_dump_json(by_alias=True),
+                            original=to_model(ev).model_dump_json(by_alias=True),
                             reason=f"clock skew: event time {end:.3f} is more than "
                             f"{self.windows.max_future_skew_s:.0f} s ahead of this worker's "
                             f"clock; check NTP on node {ev.node}"))
             if good:
                 until, late, duplicates = st.stage.add_many(
-                    good, topic=topic, offset=offset, now=now)
+                    good, topic=topic, offset=offset, now=now, is_sample=is_sample)
                 self.counters["duplicates"] += duplicates
                 # Late counts wait in Progress for the key's next record.
                 needs_persist = bool(late)
@@ -457,7 +499,7 @@ class Runtime:
         if bad:
             futs += await self._dead_letter(bad, message)
         for ev in late:
-            futs.append(await self.late.send(key=message.key, value=ev.to_json()))
+            futs.append(await self.late.send(key=message.key, value=to_model(ev).to_json()))
         self.counters["late"] += len(late)
         self.metrics.late(message.topic, len(late))
         st.acks.add(topic, offset, event, until=until,
@@ -706,19 +748,28 @@ def build_app(
                    stream_buffer_maxsize=32768, broker_commit_livelock_soft_timeout=600.0,
                    stream_wait_empty=False, producer_linger=settings.producer_linger_s,
                    **membership)
-    if settings.direct_delivery:
-        delivery.install(app)
     rt = Runtime(app, settings, kafka, windows, influx)
+    direct = settings.direct_delivery and delivery.install(
+        app, batch_topics=(settings.telemetry_topic, settings.flops_topic),
+        on_batch=rt.deliver, batch_max=settings.take_max)
 
     @app.agent(rt.inputs, name="node-stage")
     async def node_stage(stream: Any) -> None:
-        # Runs of events, not one at a time: the per-message work is paid once per run.
-        # take_events() acks each event it yields once the run is handled; on_inputs
-        # holds a reference to each message first, so that ack only drops Faust's and
-        # the offset is committed when our own ack (window written) drops the last.
+        # With direct delivery the consumer hands the input messages to rt.run_inputs
+        # and this agent only subscribes the topics (its stream stays empty).
+        # Otherwise: runs of events, not one at a time, so the per-message work is paid
+        # once per run. take_events() acks each event it yields once the run is
+        # handled; on_inputs holds a reference to each message first, so that ack only
+        # drops Faust's and the offset is committed when our own ack (window written)
+        # drops the last.
         async for events in stream.noack().take_events(settings.take_max,
                                                          within=settings.take_within_s):
             await _fail_stop(rt.on_inputs(events))
+
+    if direct:
+        @app.task
+        async def node_inputs() -> None:
+            await rt.run_inputs()
 
     @app.agent(rt.partials, name="rollup")
     async def rollup(stream: Any) -> None:

@@ -42,12 +42,16 @@ def _batch_adapter(model: type[E]) -> TypeAdapter[Any]:
 MAX_VALUE_BYTES = 1_048_576
 
 
-def decode(raw: bytes | str | None, model: type[E], *,
-           max_bytes: int = MAX_VALUE_BYTES) -> tuple[list[E], list[Rejected]]:
+def decode(raw: bytes | str | None, model: type[E], *, max_bytes: int = MAX_VALUE_BYTES,
+           structs: bool = False) -> tuple[list[Any], list[Rejected]]:
     """Valid events of one Kafka value and a :class:`Rejected` per bad one (as
     :func:`mfu.events.parse_events`, faster for valid batches). Never raises on bad
     input: a tombstone (null value), a value over ``max_bytes`` and JSON nested deeper
-    than the decoder's recursion limit each get their own reason."""
+    than the decoder's recursion limit each get their own reason.
+
+    ``structs``: the valid events of a batch the fast path accepts are the checked
+    msgspec Structs (:func:`streams.fastdecode.decode_structs`, ~3x cheaper), the rest
+    pydantic events; :func:`streams.fastdecode.to_model` gives the pydantic event."""
     if raw is None:
         return [], [Rejected(original="", reason=(
             "tombstone: the Kafka value is null (a delete marker); input topics carry "
@@ -58,7 +62,8 @@ def decode(raw: bytes | str | None, model: type[E], *,
             f"oversized value: {len(raw)} bytes exceed the {max_bytes}-byte input limit; "
             "send one batch/1 message per node and interval"))]
     try:
-        return fastdecode.decode(raw, model)  # falls back to parse_events by itself
+        fast = fastdecode.decode_structs if structs else fastdecode.decode
+        return fast(raw, model)  # falls back to parse_events by itself
     except RecursionError:
         return [], [_too_deep(raw)]
 
