@@ -10,6 +10,12 @@ Two agents in one app (scale out by running more workers; partitions spread over
 - ``rollup`` reads the partials and closes a workload/fleet window when every source
   partition has closed it (:class:`streams.stages.RollupStage`).
 
+Messages reach both without Faust's per-message machinery (:mod:`streams.delivery`): the
+consumer hands each fetch to :meth:`Runtime.deliver`, which queues the input messages
+for :meth:`Runtime.run_inputs` (one run per queued fetch or more) and the partials for
+:meth:`Runtime.run_partials`; the two agents only subscribe the topics
+(``MFU_STREAMS_DIRECT_DELIVERY=false`` restores Faust's delivery to them).
+
 Delivery: input events are consumed without auto-ack and handed back to Faust strictly
 in offset order (:mod:`streams.frontier`), each only after every window it touches is
 closed, its records are acknowledged by Kafka and InfluxDB, and the partition's small
@@ -159,6 +165,7 @@ class Runtime:
         self.node: dict[int, _PartitionState] = {}
         # Fetches of input messages waiting for the node stage (direct delivery).
         self.batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=8)
+        self.partial_batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=8)
         self.rollup: dict[int, _PartitionState] = {}
         # The node-stage agent and the idle timer share per-partition state: one at a time.
         self.node_lock = asyncio.Lock()
@@ -351,10 +358,25 @@ class Runtime:
         return gen is not None and gen != self.app.consumer_generation_id
 
     async def deliver(self, messages: list[Any]) -> None:
-        """Take one fetch's input messages from the consumer (:mod:`streams.delivery`):
-        queued for :meth:`run_inputs`, so that fetching goes on while they are processed
-        (the bounded queue is the back-pressure)."""
-        await self.batches.put(messages)
+        """Take one fetch's messages from the consumer (:mod:`streams.delivery`): input
+        messages queued for :meth:`run_inputs`, partials for :meth:`run_partials`, so
+        that fetching goes on while they are processed (the bounded queues are the
+        back-pressure). Per partition, a fetch is in offset order."""
+        partials_topic = self.s.partials_topic
+        inputs = [m for m in messages if m.topic != partials_topic]
+        if inputs:
+            await self.batches.put(inputs)
+        if len(inputs) < len(messages):
+            await self.partial_batches.put([m for m in messages if m.topic == partials_topic])
+
+    async def run_partials(self) -> None:
+        """The roll-up's loop over delivered partials and markers, one at a time (as
+        the agent's stream did, without its per-message Faust machinery)."""
+        while True:
+            messages = await self.partial_batches.get()
+            consumer = self.app.consumer
+            for m in messages:
+                await _fail_stop(self.on_partial(_Delivered(m, consumer)))
 
     async def run_inputs(self) -> None:
         """The node stage's loop over delivered fetches: what is queued is handled as one
@@ -750,7 +772,8 @@ def build_app(
                    **membership)
     rt = Runtime(app, settings, kafka, windows, influx)
     direct = settings.direct_delivery and delivery.install(
-        app, batch_topics=(settings.telemetry_topic, settings.flops_topic),
+        app, batch_topics=(settings.telemetry_topic, settings.flops_topic,
+                           settings.partials_topic),
         on_batch=rt.deliver, batch_max=settings.take_max)
 
     @app.agent(rt.inputs, name="node-stage")
@@ -771,8 +794,13 @@ def build_app(
         async def node_inputs() -> None:
             await rt.run_inputs()
 
+        @app.task
+        async def rollup_inputs() -> None:
+            await rt.run_partials()
+
     @app.agent(rt.partials, name="rollup")
     async def rollup(stream: Any) -> None:
+        # With direct delivery the partials go to rt.run_partials (the stream is empty).
         async for event in stream.noack().events():
             await _fail_stop(rt.on_partial(event))
 
