@@ -32,6 +32,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 
 # Messages delivered between explicit yields to the event loop (as in Faust's loop).
@@ -67,7 +68,7 @@ class DirectDeliveryConsumer(AIOKafkaConsumer):
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                self.diag.set_flag("fetching")
+                self.diag.set_flag(CONSUMER_FETCHING)
                 ait = getmany(timeout=1.0)
                 await asyncio.sleep(0)  # getmany may return at once, in a loop
                 if not self.should_stop:
@@ -104,7 +105,7 @@ class DirectDeliveryConsumer(AIOKafkaConsumer):
                         # changed): these are marked read, so they must reach the stage,
                         # which drops those of an earlier generation itself.
                         await on_batch(batch)  # type: ignore[misc]
-                self.diag.unset_flag("fetching")
+                self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")
@@ -119,7 +120,7 @@ class DirectDeliveryConsumer(AIOKafkaConsumer):
             self.log.exception("Drain messages raised: %r", exc)
             raise
         finally:
-            self.diag.unset_flag("fetching")
+            self.diag.unset_flag(CONSUMER_FETCHING)
 
 
 def install(app: Any, *, batch_topics: Iterable[str] = (),
