@@ -6,7 +6,8 @@ Decoders, on the values ``mfu bench streams`` sends (8 GPUs per node; one interv
 message and ``--envelope-s`` 5 and 10):
 
 - ``parse_events``: the reference, ``json.loads`` + pydantic ``model_validate`` per event;
-- ``pydantic validate_json``: :func:`streams.decode.decode` (today's worker), one
+- ``pydantic validate_json``: :func:`streams.decode.validate_json_events` (the previous
+  worker path), one
   pydantic-core call per value;
 - ``msgspec``: :func:`streams.fastdecode.decode`, one msgspec call per value plus the
   pydantic objects built without re-validation;
@@ -22,10 +23,10 @@ from __future__ import annotations
 import argparse
 import timeit
 
+from bench.streams import report_batch, sample_batch
 from mfu.events import FlopReport, GpuSample, parse_events
 from streams import decode as pydantic_decode
 from streams import fastdecode
-from streams.bench import report_batch, sample_batch
 
 T = 1_700_000_010.0
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--number", type=int, default=2000)
     args = parser.parse_args(argv)
     decoders = {"parse_events (reference)": parse_events,
-                "pydantic validate_json": pydantic_decode.decode,
+                "pydantic validate_json": pydantic_decode.validate_json_events,
                 "msgspec (fastdecode)": fastdecode.decode,
                 "msgspec structs": fastdecode.decode_structs}
     print(f"{'value':<28} {'decoder':<26} {'us/event':>9}")

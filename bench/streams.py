@@ -322,7 +322,7 @@ def faust_floor_worker() -> int:
     import faust  # noqa: F401  (imported for its side effects before the app)
     from faust.worker import Worker as FaustWorker
 
-    from streams.faustapp import make_app
+    from mfuio.faustapp import make_app
 
     env = os.environ
     target = int(env["BENCH_FLOOR_MESSAGES"])

@@ -29,13 +29,13 @@ def _worker(log_level: str | None) -> int:
 
     from mfu.config import KafkaSettings
     from mfucli.main import CLIError
-    from streams.app import StreamSettings, build_app
-    from streams.kafka_admin import (
+    from mfuio.kafka_admin import (
         PartitionCountError,
         ensure_topics,
         plan_partitions,
         topic_partition_counts,
     )
+    from streams.app import StreamSettings, build_app
 
     settings = StreamSettings()
     kafka = KafkaSettings()

@@ -1,1 +1,2 @@
-"""Shared I/O of the stages: health endpoint (also the agent's HTTP server) and sinks."""
+"""Shared I/O of the stages: the Faust app factory, Kafka admin, InfluxDB writer, the
+HTTP endpoint server (health and the agent's metrics) and the sinks."""

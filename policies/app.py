@@ -25,12 +25,12 @@ import faust
 
 from mfu.config import InfluxSettings, KafkaSettings
 from mfu.events import CloudEvent, MfuWindow, parse_events
+from mfuio.faustapp import make_app
 from mfuio.health import PipelineMetrics, PoliciesHealthSettings, faust_lag, serve
 from policies.annotations import policy_line
 from policies.cloudevents import subject_of
 from policies.reload import RulesSource
 from policies.settings import PolicySettings
-from streams.faustapp import make_app
 
 log = logging.getLogger("mfu.policies")
 

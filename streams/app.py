@@ -10,6 +10,12 @@ Two agents in one app (scale out by running more workers; partitions spread over
 - ``rollup`` reads the partials and closes a workload/fleet window when every source
   partition has closed it (:class:`streams.stages.RollupStage`).
 
+Messages reach both without Faust's per-message machinery (:mod:`streams.delivery`): the
+consumer hands each fetch to :meth:`Runtime.deliver`, which queues the input messages
+for :meth:`Runtime.run_inputs` (one run per queued fetch or more) and the partials for
+:meth:`Runtime.run_partials`; the two agents only subscribe the topics
+(``MFU_STREAMS_DIRECT_DELIVERY=false`` restores Faust's delivery to them).
+
 Delivery: input events are consumed without auto-ack and handed back to Faust strictly
 in offset order (:mod:`streams.frontier`), each only after every window it touches is
 closed, its records are acknowledged by Kafka and InfluxDB, and the partition's small
@@ -40,14 +46,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mfu import peaks, topics
 from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
 from mfu.events import DeadLetter, FlopReport, GpuSample, MfuWindow, Rejected
+from mfuio.faustapp import make_app, static_instance_id
 from mfuio.health import PipelineMetrics, StreamsHealthSettings, faust_lag, serve
+from mfuio.influx import InfluxConfigError
 from mfuio.sinks import SinkContext, SinkSettings, build_sinks
+from streams import delivery
 from streams.aggregate import Marker, Partial
 from streams.deadletter import dead_letter_value
 from streams.decode import MAX_VALUE_BYTES, decode
-from streams.faustapp import make_app, static_instance_id
+from streams.fastdecode import to_model
 from streams.frontier import InOrderAcks
-from streams.influx import InfluxConfigError
 from streams.stages import NEG_INF, Closed, NodeStage, Progress, RollupStage
 
 log = logging.getLogger("mfu.streams")
@@ -71,12 +79,20 @@ class StreamSettings(BaseSettings):
     tick_s: float = Field(1.0, gt=0, description="how often idle partitions are checked")
     take_max: int = Field(500, ge=1, description="input events handled as one run, at most")
     take_within_s: float = Field(0.02, gt=0, description="longest wait to fill a run")
+    # No linger by default: the records of one close (node records, partials, markers)
+    # are all queued before the stage awaits their acks, so they share produce requests
+    # anyway, while every close waits for its acks and for the Progress write: a 5 ms
+    # linger cost 5 ms per wait and the worker ~30 % (docs/runtime.md).
+    producer_linger_s: float = Field(0.0, ge=0, le=1.0,
+                                     description="producer linger, seconds")
+    direct_delivery: bool = Field(True, description="deliver fetched messages with one "
+                                  "plain await each (streams.delivery)")
     max_value_bytes: int = Field(MAX_VALUE_BYTES, ge=1024,
                                  description="input values above this size are dead-lettered")
     # A restarted worker takes its partitions back at once with static membership (the
     # broker hands the dead member's assignment to the new process with the same
     # group.instance.id); a worker that never returns is noticed after the session
-    # timeout. See streams.faustapp.static_instance_id.
+    # timeout. See mfuio.faustapp.static_instance_id.
     static_membership: bool = Field(True, description="use a stable group.instance.id")
     instance_id: str | None = Field(None, description="group.instance.id (default: "
                                     "<host>-<n>, n the first free slot on this host)")
@@ -87,6 +103,20 @@ class StreamSettings(BaseSettings):
     def all_topics(self) -> list[str]:
         return [self.telemetry_topic, self.flops_topic, self.workload_topic, self.node_topic,
                 self.fleet_topic, self.deadletter_topic, self.late_topic, self.partials_topic]
+
+
+class _Delivered:
+    """An input message taken straight from the consumer (no Faust Event): what the
+    frontier holds and acks once the message is durable."""
+
+    __slots__ = ("consumer", "message")
+
+    def __init__(self, message: Any, consumer: Any) -> None:
+        self.message = message
+        self.consumer = consumer
+
+    def ack(self) -> bool:
+        return self.message.ack(self.consumer)
 
 
 @dataclass
@@ -133,6 +163,9 @@ class Runtime:
             if writer is not None:
                 self.metrics.add_backlog_source(lambda w=writer: w.backlog_points)
         self.node: dict[int, _PartitionState] = {}
+        # Fetches of input messages waiting for the node stage (direct delivery).
+        self.batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=8)
+        self.partial_batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=8)
         self.rollup: dict[int, _PartitionState] = {}
         # The node-stage agent and the idle timer share per-partition state: one at a time.
         self.node_lock = asyncio.Lock()
@@ -324,16 +357,50 @@ class Runtime:
         gen = getattr(message, "generation_id", None)
         return gen is not None and gen != self.app.consumer_generation_id
 
-    async def on_inputs(self, events: list[Any]) -> None:
-        """Account a run of input events, then close the windows that became due in the
-        partitions they touched and release the acks that became durable.
+    async def deliver(self, messages: list[Any]) -> None:
+        """Take one fetch's messages from the consumer (:mod:`streams.delivery`): input
+        messages queued for :meth:`run_inputs`, partials for :meth:`run_partials`, so
+        that fetching goes on while they are processed (the bounded queues are the
+        back-pressure). Per partition, a fetch is in offset order."""
+        partials_topic = self.s.partials_topic
+        inputs = [m for m in messages if m.topic != partials_topic]
+        if inputs:
+            await self.batches.put(inputs)
+        if len(inputs) < len(messages):
+            await self.partial_batches.put([m for m in messages if m.topic == partials_topic])
 
-        Faust's ``take_events`` acks the events too once they are handled, so a reference
-        is held on each message first: that ack does not make its offset committable;
-        ours (:meth:`_release`, in offset order), later, does.
-        """
+    async def run_partials(self) -> None:
+        """The roll-up's loop over delivered partials and markers, one at a time (as
+        the agent's stream did, without its per-message Faust machinery)."""
+        while True:
+            messages = await self.partial_batches.get()
+            consumer = self.app.consumer
+            for m in messages:
+                await _fail_stop(self.on_partial(_Delivered(m, consumer)))
+
+    async def run_inputs(self) -> None:
+        """The node stage's loop over delivered fetches: what is queued is handled as one
+        run (up to ``take_max`` messages), like the agent's ``take_events`` runs."""
+        while True:
+            messages = await self.batches.get()
+            while not self.batches.empty() and len(messages) < self.s.take_max:
+                messages = messages + self.batches.get_nowait()
+            consumer = self.app.consumer
+            await _fail_stop(self.on_run([_Delivered(m, consumer) for m in messages]))
+
+    async def on_inputs(self, events: list[Any]) -> None:
+        """Account a run of input events from the agent's stream (``direct_delivery``
+        off). Faust's ``take_events`` acks the events too once they are handled, so a
+        reference is held on each message first: that ack does not make its offset
+        committable; ours (:meth:`_release`, in offset order), later, does."""
         for event in events:
             event.message.incref()
+        await self.on_run(events)
+
+    async def on_run(self, events: list[Any]) -> None:
+        """Account a run of input messages (each with ``.message`` and ``.ack()``), then
+        close the windows that became due in the partitions they touched and release the
+        acks that became durable."""
         async with self.node_lock:
             # Wait for recovery (the progress table) before creating any state.
             while self.app.rebalancing:
@@ -380,7 +447,8 @@ class Runtime:
         key = message.key
         if key is None:
             for ev in good:
-                bad.append(Rejected(original=ev.model_dump_json(by_alias=True), reason=(
+                original = to_model(ev).model_dump_json(by_alias=True)
+                bad.append(Rejected(original=original, reason=(
                     f"missing key: inputs must be keyed by node (key {ev.node!r}), so "
                     "that one partition holds all of a node's events")))
             return []
@@ -390,7 +458,8 @@ class Runtime:
             if ev.node == key_text:
                 kept.append(ev)
             else:
-                bad.append(Rejected(original=ev.model_dump_json(by_alias=True), reason=(
+                original = to_model(ev).model_dump_json(by_alias=True)
+                bad.append(Rejected(original=original, reason=(
                     f"key/node mismatch: Kafka key {key_text!r} but event node "
                     f"{ev.node!r}; key each message by the node of its events")))
         return kept
@@ -413,25 +482,28 @@ class Runtime:
         late: list[GpuSample | FlopReport] = []
         try:
             is_sample = topic == self.s.telemetry_topic
+            # Checked msgspec Structs (or pydantic events where the fast path fell
+            # back): both have the models' attributes; to_model() before serializing.
             good, bad = decode(message.value, GpuSample if is_sample else FlopReport,
-                               max_bytes=self.s.max_value_bytes)
+                               max_bytes=self.s.max_value_bytes, structs=True)
             if good:
                 good = self._check_key(message, good, bad)
             if good:
                 ahead = [ev for ev in good
                          if (ev.ts if is_sample else ev.end) > horizon]  # type: ignore[union-attr]
                 if ahead:
-                    good = [ev for ev in good if ev not in ahead]
+                    good = [ev for ev in good
+                            if (ev.ts if is_sample else ev.end) <= horizon]  # type: ignore[union-attr]
                     for ev in ahead:
                         end = ev.ts if is_sample else ev.end  # type: ignore[union-attr]
                         bad.append(Rejected(
-                            original=ev.model_dump_json(by_alias=True),
+                            original=to_model(ev).model_dump_json(by_alias=True),
                             reason=f"clock skew: event time {end:.3f} is more than "
                             f"{self.windows.max_future_skew_s:.0f} s ahead of this worker's "
                             f"clock; check NTP on node {ev.node}"))
             if good:
                 until, late, duplicates = st.stage.add_many(
-                    good, topic=topic, offset=offset, now=now)
+                    good, topic=topic, offset=offset, now=now, is_sample=is_sample)
                 self.counters["duplicates"] += duplicates
                 # Late counts wait in Progress for the key's next record.
                 needs_persist = bool(late)
@@ -449,7 +521,7 @@ class Runtime:
         if bad:
             futs += await self._dead_letter(bad, message)
         for ev in late:
-            futs.append(await self.late.send(key=message.key, value=ev.to_json()))
+            futs.append(await self.late.send(key=message.key, value=to_model(ev).to_json()))
         self.counters["late"] += len(late)
         self.metrics.late(message.topic, len(late))
         st.acks.add(topic, offset, event, until=until,
@@ -696,21 +768,39 @@ def build_app(
             settings.instance_id or static_instance_id(settings.app_id))
     app = make_app(settings.app_id, kafka, partitions=kafka.partitions,
                    stream_buffer_maxsize=32768, broker_commit_livelock_soft_timeout=600.0,
-                   stream_wait_empty=False, **membership)
+                   stream_wait_empty=False, producer_linger=settings.producer_linger_s,
+                   **membership)
     rt = Runtime(app, settings, kafka, windows, influx)
+    direct = settings.direct_delivery and delivery.install(
+        app, batch_topics=(settings.telemetry_topic, settings.flops_topic,
+                           settings.partials_topic),
+        on_batch=rt.deliver, batch_max=settings.take_max)
 
     @app.agent(rt.inputs, name="node-stage")
     async def node_stage(stream: Any) -> None:
-        # Runs of events, not one at a time: the per-message work is paid once per run.
-        # take_events() acks each event it yields once the run is handled; on_inputs
-        # holds a reference to each message first, so that ack only drops Faust's and
-        # the offset is committed when our own ack (window written) drops the last.
+        # With direct delivery the consumer hands the input messages to rt.run_inputs
+        # and this agent only subscribes the topics (its stream stays empty).
+        # Otherwise: runs of events, not one at a time, so the per-message work is paid
+        # once per run. take_events() acks each event it yields once the run is
+        # handled; on_inputs holds a reference to each message first, so that ack only
+        # drops Faust's and the offset is committed when our own ack (window written)
+        # drops the last.
         async for events in stream.noack().take_events(settings.take_max,
                                                          within=settings.take_within_s):
             await _fail_stop(rt.on_inputs(events))
 
+    if direct:
+        @app.task
+        async def node_inputs() -> None:
+            await rt.run_inputs()
+
+        @app.task
+        async def rollup_inputs() -> None:
+            await rt.run_partials()
+
     @app.agent(rt.partials, name="rollup")
     async def rollup(stream: Any) -> None:
+        # With direct delivery the partials go to rt.run_partials (the stream is empty).
         async for event in stream.noack().events():
             await _fail_stop(rt.on_partial(event))
 

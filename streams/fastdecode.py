@@ -42,6 +42,7 @@ Two entry points, for two wirings:
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Annotated, Any, Literal
 
@@ -62,8 +63,16 @@ from mfu.events import (
 
 _MAX = sys.float_info.max  # finite floats only: inf fails this bound, NaN every bound
 
-# The contract's Name: no control characters (InfluxDB line protocol cannot carry them).
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=NAME_PATTERN)]
+# The contract's Name: 1-256 characters, no control characters (InfluxDB line protocol
+# cannot carry them). The control-character rule is not a msgspec pattern: msgspec runs
+# a pattern through Python's ``re`` per string (five names per sample: it made this
+# decoder slower than pydantic's). JSON cannot carry a control character in a string
+# except as a backslash escape (DEL, 0x7f, excepted), so a value without any backslash
+# and DEL byte has none anywhere and needs no check at all; a value with one gets the
+# check in Python over the names (:func:`_names_ok`).
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]").search  # NAME_PATTERN's complement
+assert NAME_PATTERN == r"^[^\x00-\x1f\x7f]+$", "keep _CONTROL in step with NAME_PATTERN"
 Ratio = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=_MAX)]
 EpochSeconds = Annotated[float, msgspec.Meta(gt=1e9, lt=1e10)]
@@ -200,21 +209,56 @@ def _report_ok(r: _Report) -> bool:
     return r.hardware_flops is None or r.hardware_flops >= r.flops
 
 
-def decode(raw: bytes | str, model: type[E]) -> tuple[list[E], list[Rejected]]:
-    """Valid events of one Kafka value and a :class:`Rejected` per bad one: the same
-    result as :func:`mfu.events.parse_events`, in one msgspec call for a valid batch."""
+def _may_hold_controls(raw: bytes | str) -> bool:
+    """False if no string in the JSON value can hold a control character (no backslash
+    escape, no raw DEL): two scans in C instead of a regex per name."""
+    if isinstance(raw, str):
+        return "\\" in raw or "\x7f" in raw
+    return b"\\" in raw or b"\x7f" in raw
+
+
+def _names_ok(events: list[Any]) -> bool:
+    """No control character in any Name field of the decoded Structs."""
+    bad = _CONTROL
+    for ev in events:
+        if bad(ev.event_id) or bad(ev.node) or bad(ev.gpu_uuid):
+            return False
+        if isinstance(ev, _Sample):
+            if bad(ev.gpu_name) or any(bad(w) for w in ev.workloads):
+                return False
+            if ev.tenants and any(bad(k) or bad(v) for k, v in ev.tenants.items()):
+                return False
+        elif bad(ev.workload):
+            return False
+    return True
+
+
+def _checked(raw: bytes | str, model: type[E]) -> list[Any] | None:
+    """The Structs of a value the fast path accepts, or None (the reference decides)."""
     decoder = _DECODERS.get(model)
     if decoder is None:
-        return parse_events(raw, model)
+        return None
     try:
         structs = decoder.decode(raw).events
     except (msgspec.MsgspecError, ValueError):  # incl. invalid UTF-8 (UnicodeDecodeError)
-        return parse_events(raw, model)
+        return None
+    if model is FlopReport:
+        for r in structs:
+            if not _report_ok(r):
+                return None
+    if _may_hold_controls(raw) and not _names_ok(structs):
+        return None
+    return structs
+
+
+def decode(raw: bytes | str, model: type[E]) -> tuple[list[E], list[Rejected]]:
+    """Valid events of one Kafka value and a :class:`Rejected` per bad one: the same
+    result as :func:`mfu.events.parse_events`, in one msgspec call for a valid batch."""
+    structs = _checked(raw, model)
+    if structs is None:
+        return parse_events(raw, model)  # the reference decides and words the reasons
     if model is GpuSample:
         return [_build(GpuSample, _asdict(s), _SAMPLE_FIELDS) for s in structs], []
-    for r in structs:
-        if not _report_ok(r):
-            return parse_events(raw, model)  # the reference words the reason
     return [to_model(r) for r in structs], []
 
 
@@ -222,17 +266,9 @@ def decode_structs(raw: bytes | str, model: type[E]) -> tuple[list[Any], list[Re
     """As :func:`decode`, but the valid events of a batch the fast path accepts are the
     checked Structs (``_Sample`` / ``_Report``), not pydantic objects; see the module
     doc for what a consumer must allow for. Falls back exactly as :func:`decode`."""
-    decoder = _DECODERS.get(model)
-    if decoder is None:
+    structs = _checked(raw, model)
+    if structs is None:
         return parse_events(raw, model)
-    try:
-        structs = decoder.decode(raw).events
-    except (msgspec.MsgspecError, ValueError):  # incl. invalid UTF-8 (UnicodeDecodeError)
-        return parse_events(raw, model)
-    if model is FlopReport:
-        for r in structs:
-            if not _report_ok(r):
-                return parse_events(raw, model)
     return structs, []
 
 

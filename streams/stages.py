@@ -176,11 +176,18 @@ class NodeStage(_Base):
         topic: str = "",
         offset: int | None = None,
         now: float | None = None,
+        is_sample: bool | None = None,
     ) -> tuple[float | None, list[GpuSample | FlopReport], int]:
         """Account the valid events of one input message (all of one type, from
         ``topic``): the same as :meth:`add` on each, with the per-message work done once.
 
-        Returns the last window any of them counts in, the late ones, and how many were
+        ``is_sample`` says the events' type (GPU samples or FLOP reports) once for the
+        message; the events may then be any objects with the models' attributes (the
+        checked Structs of :func:`streams.fastdecode.decode_structs`). None: each event's
+        type is taken from ``isinstance(event, GpuSample)``.
+
+        Returns the last window any of them counts in, the late ones (as given: convert
+        with :func:`streams.fastdecode.to_model` before serializing), and how many were
         duplicates.
         """
         replay = self._seen_offset(topic, offset)
@@ -200,8 +207,11 @@ class NodeStage(_Base):
         open_ = self.open
         registry = self.registry
         floor = math.floor
+        per_event = is_sample is None
+        sample = bool(is_sample)
         for event in events:
-            sample = isinstance(event, GpuSample)
+            if per_event:
+                sample = isinstance(event, GpuSample)
             if sample:
                 end = event.ts  # type: ignore[union-attr]
                 start = end - event.interval_s  # type: ignore[union-attr]

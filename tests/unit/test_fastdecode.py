@@ -221,3 +221,49 @@ def test_node_window_gives_the_same_record_from_structs_as_from_models() -> None
 
     assert records[0][0]["mfu"] == pytest.approx(3.9e14 / peak_flops_per_s(SAMPLE["gpu_name"],
                                                                            "bf16"))
+
+
+NAME_FIELDS = [(SAMPLE, GpuSample, f) for f in ("event_id", "node", "gpu_uuid", "gpu_name",
+                                                 "workloads", "tenants-key", "tenants-value")]
+NAME_FIELDS += [(REPORT, FlopReport, f) for f in ("event_id", "workload", "node", "gpu_uuid")]
+
+
+def _with_name(base: dict[str, Any], field: str, value: str) -> dict[str, Any]:
+    if field == "workloads":
+        return dict(base, workloads=["ok", value])
+    if field == "tenants-key":
+        return dict(base, tenants={"ok": "t", value: "t"})
+    if field == "tenants-value":
+        return dict(base, tenants={"ok": value})
+    return dict(base, **{field: value})
+
+
+@pytest.mark.parametrize(("base", "model", "field"), NAME_FIELDS)
+@pytest.mark.parametrize("value", ["a\nb", "a\tb", "a\x00b", "a\x1fb", "a\x7fb", "node\n",
+                                   "\x7f"])
+def test_control_characters_in_names_are_refused_like_the_reference(base, model, field,
+                                                                     value) -> None:
+    """The name check is skipped for values without a backslash or DEL byte (no string in
+    them can hold a control character); with one, every Name field is checked. A trailing
+    newline too (Python's ``$`` would match before it). Escaped and raw (DEL) forms."""
+    obj = {"schema": "batch/1", "events": [base, _with_name(base, field, value)]}
+    for raw in (json.dumps(obj), json.dumps(obj, ensure_ascii=False).encode()):
+        _same(raw, model)
+        got, bad = fd.decode(raw, model)
+        assert len(got) == 1 and len(bad) == 1
+        assert "must not contain control characters" in bad[0].reason
+
+
+def test_escapes_outside_names_keep_the_fast_path(monkeypatch) -> None:
+    """A backslash escape (a quote in ``model``, non-ASCII written as \\u00e9) only turns
+    the name check on; clean names still decode without the reference."""
+    calls = []
+    monkeypatch.setattr(fd, "parse_events", lambda *a: calls.append(a))
+    report = dict(REPORT, model='say "hi"', workload="j\u00e9b")
+    raw = json.dumps({"schema": "batch/1", "events": [report]})
+    assert "\\" in raw
+    got, bad = fd.decode(raw, FlopReport)
+    assert bad == [] and calls == [] and got[0] == FlopReport.model_validate(report)
+    sample = dict(SAMPLE, gpu_name="H\u00e9", tenants={"j\u00e9": "t\u00e9"})
+    got, bad = fd.decode(json.dumps({"schema": "batch/1", "events": [sample]}), GpuSample)
+    assert bad == [] and calls == [] and got[0] == GpuSample.model_validate(sample)

@@ -9,6 +9,7 @@ import pytest
 
 from mfu.config import WindowSettings
 from mfu.events import FlopReport, GpuSample
+from streams.fastdecode import decode_structs, to_model
 from streams.stages import NodeStage
 
 T0 = 1_700_000_000.0
@@ -48,7 +49,9 @@ def test_add_many_equals_add(seed: int, hop: float | None) -> None:
     rng = random.Random(seed)
     ws = WindowSettings(size_s=10, hop_s=hop, grace_s=2, idle_timeout_s=5)
     a, b = NodeStage(ws, inputs=("t", "f")), NodeStage(ws, inputs=("t", "f"))
-    closed_a, closed_b = [], []
+    # c: what the worker does, the checked msgspec Structs with the type given per message
+    c = NodeStage(ws, inputs=("t", "f"))
+    closed_a, closed_b, closed_c = [], [], []
     offset = 0
     for step in range(12):
         t = T0 + step * 7.0
@@ -66,11 +69,22 @@ def test_add_many_equals_add(seed: int, hop: float | None) -> None:
                 exp_dup += d.duplicate
             got = b.add_many(evs, topic=topic, offset=replay_offset)
             assert got == (exp_max, exp_late, exp_dup)
-        assert a.progress == b.progress and a.registry == b.registry
-        assert a.pending_late == b.pending_late
+            model = GpuSample if topic == "t" else FlopReport
+            raw = b'{"schema":"batch/1","events":[' + b",".join(e.to_json() for e in evs) + b"]}"
+            structs, bad = decode_structs(raw, model)
+            assert bad == [] and not any(isinstance(e, model) for e in structs)  # fast path
+            max_c, late_c, dup_c = c.add_many(structs, topic=topic, offset=replay_offset,
+                                              is_sample=topic == "t")
+            assert (max_c, [to_model(e) for e in late_c], dup_c) == got
+        assert a.progress == b.progress == c.progress and a.registry == b.registry == c.registry
+        assert a.pending_late == b.pending_late == c.pending_late
         for ws_ in a.due():
             closed_a.append(a.close(ws_))
         for ws_ in b.due():
             closed_b.append(b.close(ws_))
-        assert _dump(closed_a) == _dump(closed_b)
-    assert _dump([a.close(w) for w in a.flush_idle()]) == _dump([b.close(w) for w in b.flush_idle()])
+        for ws_ in c.due():
+            closed_c.append(c.close(ws_))
+        assert _dump(closed_a) == _dump(closed_b) == _dump(closed_c)
+    last_a = _dump([a.close(w) for w in a.flush_idle()])
+    assert last_a == _dump([b.close(w) for w in b.flush_idle()])
+    assert last_a == _dump([c.close(w) for w in c.flush_idle()])

@@ -12,11 +12,11 @@ import pytest
 
 from mfu.config import WindowSettings
 from mfu.events import DeadLetter, FlopReport, GpuSample
+from mfuio.faustapp import static_instance_id
+from mfuio.kafka_admin import PartitionCountError, plan_partitions
 from streams.deadletter import dead_letter_value
 from streams.decode import decode
-from streams.faustapp import static_instance_id
 from streams.frontier import InOrderAcks
-from streams.kafka_admin import PartitionCountError, plan_partitions
 from streams.stages import NodeStage
 
 NEG_INF = float("-inf")

@@ -1,0 +1,83 @@
+"""streams.delivery is installed on the stream app: the input topics and the partials go
+straight to the node stage and the roll-up (batch handoff), anything else (the progress
+changelog) through Faust's Conductor; off by setting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+import pytest
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+
+from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
+from streams import delivery
+from streams.app import StreamSettings, build_app
+
+
+def _app(**settings: object) -> tuple[faust.App, object]:
+    s = StreamSettings(telemetry_topic="t-in", flops_topic="f-in", partials_topic="p-in",
+                       static_membership=False, **settings)
+    return build_app(s, KafkaSettings(bootstrap="127.0.0.1:1"), WindowSettings(),
+                     InfluxSettings())
+
+
+def test_the_input_topics_are_handed_to_the_node_stage_in_batches() -> None:
+    app, rt = _app(take_max=300)
+    consumer = app.transport.Consumer
+    assert issubclass(consumer, delivery.DirectDeliveryConsumer)
+    assert issubclass(consumer, AIOKafkaConsumer)
+    assert consumer.batch_topics == frozenset({"t-in", "f-in", "p-in"})
+    assert consumer.batch_max == 300
+    assert consumer.on_batch == rt.deliver
+    assert app.conf.producer_linger == 0.0
+
+
+def test_direct_delivery_can_be_turned_off() -> None:
+    app, _ = _app(direct_delivery=False, producer_linger_s=0.002)
+    assert app.transport.Consumer is AIOKafkaConsumer
+    assert app.conf.producer_linger == 0.002
+
+
+def test_batch_topics_need_a_handler() -> None:
+    app = faust.App("delivery-test", broker="kafka://127.0.0.1:1")
+    with pytest.raises(ValueError, match="on_batch"):
+        delivery.install(app, batch_topics=["x"])
+    assert delivery.install(app)  # plain direct delivery, no batch topics
+    assert app.transport.Consumer.batch_topics == frozenset()
+
+
+def test_deliver_splits_a_fetch_by_stage_keeping_offset_order() -> None:
+    asyncio.run(_deliver_splits())
+
+
+async def _deliver_splits() -> None:
+    _, rt = _app()
+
+    class M:
+        def __init__(self, topic: str, offset: int) -> None:
+            self.topic, self.offset = topic, offset
+
+    fetch = [M("t-in", 0), M("p-in", 7), M("f-in", 0), M("t-in", 1), M("p-in", 8)]
+    await rt.deliver(fetch)
+    await rt.deliver([M("t-in", 2)])
+    assert [(m.topic, m.offset) for m in rt.batches.get_nowait()] == [
+        ("t-in", 0), ("f-in", 0), ("t-in", 1)]
+    assert [(m.topic, m.offset) for m in rt.partial_batches.get_nowait()] == [
+        ("p-in", 7), ("p-in", 8)]
+    assert [m.offset for m in rt.batches.get_nowait()] == [2]
+    assert rt.partial_batches.empty()
+
+
+def test_a_delivered_message_acks_through_faust_message_refcount() -> None:
+    from streams.app import _Delivered
+
+    calls = []
+
+    class Message:
+        def ack(self, consumer: object) -> bool:
+            calls.append(consumer)
+            return True
+
+    m, c = Message(), object()
+    assert _Delivered(m, c).ack() and calls == [c]
