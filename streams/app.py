@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from collections import deque
 from typing import Any
 
 import faust
@@ -45,18 +44,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mfu import peaks, topics
 from mfu.config import InfluxSettings, KafkaSettings, WindowSettings
-from mfu.events import DeadLetter, FlopReport, GpuSample, MfuWindow, Rejected
+from mfu.events import DeadLetter, MfuWindow
 from mfuio.faustapp import make_app, static_instance_id
 from mfuio.health import PipelineMetrics, StreamsHealthSettings, faust_lag, serve
 from mfuio.influx import InfluxConfigError
 from mfuio.sinks import SinkContext, SinkSettings, build_sinks
 from streams import delivery
-from streams.aggregate import Marker, Partial
-from streams.deadletter import dead_letter_value
-from streams.decode import MAX_VALUE_BYTES, decode
-from streams.fastdecode import to_model
-from streams.frontier import InOrderAcks
-from streams.stages import NEG_INF, Closed, NodeStage, Progress, RollupStage
+from streams.decode import MAX_VALUE_BYTES
+from streams.partition import (
+    NodePartition,
+    RollupPartition,
+    Step,
+    Tally,
+    Topics,
+    _Partition,
+)
+from streams.stages import Progress
 
 log = logging.getLogger("mfu.streams")
 
@@ -85,6 +88,11 @@ class StreamSettings(BaseSettings):
     # linger cost 5 ms per wait and the worker ~30 % (docs/runtime.md).
     producer_linger_s: float = Field(0.0, ge=0, le=1.0,
                                      description="producer linger, seconds")
+    # A partition takes its next messages while its last steps (records, sinks write,
+    # markers, Progress) are still being written; more unfinished steps than this make
+    # the stage wait. 0: carry out each step before taking more (no pipelining).
+    steps_in_flight: int = Field(2, ge=0, le=16, description="unfinished steps per "
+                                 "partition before intake waits")
     direct_delivery: bool = Field(True, description="deliver fetched messages with one "
                                   "plain await each (streams.delivery)")
     max_value_bytes: int = Field(MAX_VALUE_BYTES, ge=1024,
@@ -119,31 +127,26 @@ class _Delivered:
         return self.message.ack(self.consumer)
 
 
-@dataclass
-class _PartitionState:
-    stage: Any  # NodeStage | RollupStage
-    # Taken messages in offset order and what each waits for (streams.frontier).
-    acks: InOrderAcks = field(default_factory=InOrderAcks)
-    durable_closed_through: float = NEG_INF  # as of the last completed persist
-    persists: int = 0  # completed persists of this state's Progress
-    last_input_wall: float = field(default_factory=time.monotonic)
-    idle_announced_at: float = 0.0
-    idle: bool = False  # told the roll-up this partition holds nothing back
-    # topic -> (offset sought back to, monotonic time): messages after it are dropped
-    # until it arrives again (see Runtime._in_sequence).
-    rewind: dict[str, tuple[int, float]] = field(default_factory=dict)
+class _Chain:
+    """The steps of one partition being carried out, oldest first: each waits for the one
+    before it, so a partition's sends, sink writes and persists happen in step order."""
 
-    def __post_init__(self) -> None:
-        # Restored progress is durable: windows it says are closed were written.
-        self.durable_closed_through = self.stage.progress.closed_through
+    __slots__ = ("part", "tasks")
 
+    def __init__(self, part: _Partition) -> None:
+        self.part = part
+        self.tasks: deque[asyncio.Task[None]] = deque()
 
-# Longest wait, seconds, for a sought-back offset before accepting a hole in a partition.
-REWIND_PATIENCE_S = 10.0
+    def cancel(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        self.tasks.clear()
 
 
 class Runtime:
-    """Holds per-partition stage state and performs the stages' effects via Faust."""
+    """The Faust adapter: feeds consumed messages and clock readings to the pure
+    per-partition stages (:mod:`streams.partition`) and carries out the steps they return
+    (produce, sinks write, persist, ack), per partition in order."""
 
     def __init__(self, app: faust.App, settings: StreamSettings, kafka: KafkaSettings,
                  windows: WindowSettings, influx: InfluxSettings) -> None:
@@ -162,11 +165,18 @@ class Runtime:
             writer = getattr(sink, "writer", None)
             if writer is not None:
                 self.metrics.add_backlog_source(lambda w=writer: w.backlog_points)
-        self.node: dict[int, _PartitionState] = {}
+        self.topics = Topics(
+            telemetry=settings.telemetry_topic, flops=settings.flops_topic,
+            partials=settings.partials_topic, deadletter=settings.deadletter_topic,
+            late=settings.late_topic,
+            outputs={"node": settings.node_topic, "workload": settings.workload_topic,
+                     "fleet": settings.fleet_topic})
+        self.node: dict[int, NodePartition] = {}
+        self.rollup: dict[int, RollupPartition] = {}
+        self.chains: dict[tuple[str, int], _Chain] = {}
         # Fetches of input messages waiting for the node stage (direct delivery).
         self.batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=8)
         self.partial_batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=8)
-        self.rollup: dict[int, _PartitionState] = {}
         # The node-stage agent and the idle timer share per-partition state: one at a time.
         self.node_lock = asyncio.Lock()
         self.counters: dict[str, int] = {"events": 0, "deadletter": 0, "late": 0,
@@ -175,13 +185,18 @@ class Runtime:
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = app.topic(settings.telemetry_topic, settings.flops_topic, **raw)
         self.partials = app.topic(settings.partials_topic, partitions=kafka.partitions, **raw)
+        self.deadletter = app.topic(settings.deadletter_topic, **raw)
+        self.late = app.topic(settings.late_topic, **raw)
         self.outputs = {
             "workload": app.topic(settings.workload_topic, **raw),
             "node": app.topic(settings.node_topic, **raw),
             "fleet": app.topic(settings.fleet_topic, **raw),
         }
-        self.deadletter = app.topic(settings.deadletter_topic, **raw)
-        self.late = app.topic(settings.late_topic, **raw)
+        # Topic name -> Faust topic, for the sends of a step.
+        self._by_name: dict[str, Any] = {
+            settings.partials_topic: self.partials, settings.deadletter_topic: self.deadletter,
+            settings.late_topic: self.late, settings.workload_topic: self.outputs["workload"],
+            settings.node_topic: self.outputs["node"], settings.fleet_topic: self.outputs["fleet"]}
         self.progress = app.Table("progress", partitions=kafka.partitions, key_type=bytes,
                                   value_type=bytes)
 
@@ -193,160 +208,175 @@ class Runtime:
             return None
         return Progress.model_validate_json(raw)
 
-    def node_state(self, partition: int) -> _PartitionState:
-        st = self.node.get(partition)
-        if st is None:
-            stage = NodeStage(self.windows, self.s.fleet, self._restore("node", partition),
-                              inputs=(self.s.telemetry_topic, self.s.flops_topic),
-                              now=time.monotonic())
-            st = self.node[partition] = _PartitionState(stage)
-        return st
+    def node_part(self, partition: int) -> NodePartition:
+        part = self.node.get(partition)
+        if part is None:
+            part = self.node[partition] = NodePartition(
+                partition, self.windows, self.s.fleet, self.topics, self.n_partitions,
+                self._restore("node", partition), now=time.monotonic(),
+                max_value_bytes=self.s.max_value_bytes)
+        return part
 
-    def rollup_state(self, partition: int) -> _PartitionState:
-        st = self.rollup.get(partition)
-        if st is None:
-            stage = RollupStage(self.windows, self.n_partitions, self.s.fleet,
-                                self._restore("rollup", partition))
-            st = self.rollup[partition] = _PartitionState(stage)
-        return st
+    def rollup_part(self, partition: int) -> RollupPartition:
+        part = self.rollup.get(partition)
+        if part is None:
+            part = self.rollup[partition] = RollupPartition(
+                partition, self.windows, self.s.fleet, self.topics, self.n_partitions,
+                self._restore("rollup", partition), now=time.monotonic())
+        return part
 
     def forget(self, tps: Any) -> None:
-        """Drop state of partitions this worker no longer owns (the next owner replays)."""
+        """Drop state of partitions this worker no longer owns (the next owner replays):
+        steps still being carried out stop (whatever they sent is at-least-once output;
+        their snapshot is not written, their acks are not given)."""
         for tp in tps:
             if tp.topic == self.s.telemetry_topic:
-                self.node.pop(tp.partition, None)
-                self.metrics.forget_partition("node", tp.partition)
+                kind, states = "node", self.node
             elif tp.topic == self.s.partials_topic:
-                self.rollup.pop(tp.partition, None)
-                self.metrics.forget_partition("rollup", tp.partition)
+                kind, states = "rollup", self.rollup  # type: ignore[assignment]
+            else:
+                continue
+            states.pop(tp.partition, None)
+            chain = self.chains.pop((kind, tp.partition), None)
+            if chain is not None:
+                chain.cancel()
+            self.metrics.forget_partition(kind, tp.partition)
 
-    def _current(self, kind: str, partition: int, st: _PartitionState) -> bool:
-        """False once a rebalance replaced or dropped ``st`` (its next owner replays)."""
-        states = self.node if kind == "node" else self.rollup
-        return states.get(partition) is st
+    def _current(self, part: _Partition) -> bool:
+        """False once a rebalance replaced or dropped ``part`` (its next owner replays)."""
+        states = self.node if part.kind == "node" else self.rollup
+        return states.get(part.partition) is part
 
-    async def _persist(self, kind: str, partition: int, st: _PartitionState) -> bool:
-        """Write the partition's Progress to the changelog and wait for the broker's ack.
-        Returns False (nothing written) if ``st`` is no longer this partition's state: a
-        stale snapshot must never overwrite the new owner's."""
-        if not self._current(kind, partition, st):
-            return False
-        closed_through = st.stage.progress.closed_through
-        key = f"{kind}:{partition}".encode()
-        value = st.stage.snapshot().model_dump_json().encode()
-        self.progress.data[key] = value
-        await self.progress.send_changelog(partition, key, value)  # delivered
-        st.persists += 1
-        st.durable_closed_through = closed_through
-        return True
-
-    def _release(self, kind: str, partition: int, st: _PartitionState) -> None:
+    def _release(self, part: _Partition) -> None:
         """Hand Faust the acks of the messages now durable, in offset order."""
-        if not self._current(kind, partition, st):
+        if not self._current(part):
             return  # revoked: the new owner replays from the committed offset
-        for event in st.acks.release(st.durable_closed_through, st.persists):
-            event.ack()
+        for handle in part.release():
+            handle.ack()
 
-    # --- effects ----------------------------------------------------------------
+    def _count(self, part: _Partition) -> None:
+        """Move what ``part`` counted into the health metrics and counters."""
+        t = part.tally
+        for topic, n in t.events_in.items():
+            self.metrics.event_in(topic, n)
+            self.counters["events"] += n
+        for topic, n in t.late_in.items():
+            self.metrics.late(topic, n)
+            self.counters["late"] += n
+        for reason in t.dead_reasons:
+            self.metrics.dead_letter(reason)
+        self.counters["deadletter"] += len(t.dead_reasons)
+        self.counters["duplicates"] += t.duplicates
+        self.counters["redelivered"] += t.redelivered
+        self.counters["gaps"] += t.gaps
+        part.tally = Tally()
 
-    async def _dead_letter(self, rejected: list[Rejected], message: Any) -> list[Any]:
+    async def _seek(self, part: _Partition) -> None:
+        """Carry out the seeks ``part`` asked for (offset jumps, see in_sequence)."""
+        while part.seeks:
+            topic, offset = part.seeks.pop(0)
+            await self.app.consumer.seek(TP(topic, part.partition), offset)
+
+    # --- carrying out steps ------------------------------------------------------
+
+    async def _submit(self, part: _Partition, step: Step | None) -> None:
+        """Start carrying out ``step`` after the partition's earlier steps; wait while more
+        than ``steps_in_flight`` of its steps are unfinished (the back-pressure: a sink
+        that is down stops intake here instead of piling up closed windows)."""
+        if step is None:
+            return
+        key = (part.kind, part.partition)
+        chain = self.chains.get(key)
+        if chain is None or chain.part is not part:
+            if chain is not None:
+                chain.cancel()
+            chain = self.chains[key] = _Chain(part)
+        tasks = chain.tasks
+        while tasks and tasks[0].done():
+            tasks.popleft()
+        prev = tasks[-1] if tasks else None
+        tasks.append(asyncio.ensure_future(_fail_stop(self._carry_out(part, step, prev))))
+        if len(tasks) > self.s.steps_in_flight:
+            started = time.monotonic()
+            while len(tasks) > self.s.steps_in_flight:
+                await asyncio.wait([tasks[0]])
+                if tasks and tasks[0].done():
+                    tasks.popleft()
+            if part.kind == "node":
+                self._pause_idle_clocks(time.monotonic() - started)
+
+    async def _carry_out(self, part: _Partition, step: Step,
+                         prev: asyncio.Task[None] | None) -> None:
+        """Do what ``step`` says, in its order (see :class:`streams.partition.Step`)."""
+        if prev is not None and not prev.done():
+            await asyncio.wait([prev])  # a failed step ends the process (_fail_stop)
+        if not self._current(part):
+            return
         futs = []
-        size = len(message.value) if message.value is not None else 0
-        for i, r in enumerate(rejected):
-            value = dead_letter_value(
-                source_topic=message.topic, partition=message.partition,
-                offset=message.offset, reason=r.reason, original=r.original,
-                original_bytes=size if len(rejected) == 1 else None, index=i)
-            futs.append(await self.deadletter.send(key=message.key, value=value))
-            self.metrics.dead_letter(r.reason)
-            log.info("dead-lettered event", extra={"topic": message.topic,
-                                                   "reason": r.reason[:200]})
-        self.counters["deadletter"] += len(rejected)
-        return futs
+        by_name = self._by_name
+        for send in step.sends:
+            futs.append(await by_name[send.topic].send(key=send.key, value=send.value,
+                                                       partition=send.partition))
+        for rec in step.records:
+            self.metrics.event_out(self.topics.output(rec.scope))
+        self.counters["records"] += len(step.records)
+        if step.records and self.sinks.sinks:
+            futs += await self._write_sinks(step.records)
+        for send in step.markers:
+            futs.append(await self.partials.send(key=send.key, value=send.value,
+                                                 partition=send.partition))
+        if futs:
+            await asyncio.gather(*futs)
+        if step.progress is not None:
+            if not self._current(part):
+                return  # a stale snapshot must never overwrite the new owner's
+            key = f"{part.kind}:{part.partition}".encode()
+            self.progress.data[key] = step.progress
+            await self.progress.send_changelog(part.partition, key, step.progress)
+        if not self._current(part):
+            return
+        part.done(step)
+        if step.window_end is not None:
+            self.metrics.window_closed(part.kind, part.partition, step.window_end)
+        self._release(part)
 
-    async def _publish(self, closed: list[Closed]) -> list[Any]:
+    async def _write_sinks(self, records: list[MfuWindow]) -> list[Any]:
+        """Write closed windows to the sinks (blocking, retrying writes off the event
+        loop: an outage delays, never drops); records a sink refused as bad (InfluxDB
+        400/422/413, Kafka too large) are dead-lettered with the reason."""
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                None, self.sinks.write, records)
+        except InfluxConfigError as exc:  # wrong token/bucket: no retry can help
+            # A clear stop: say what to fix and end the worker (its input stays
+            # un-acked and is replayed once the setting is fixed).
+            self.metrics.fail(str(exc))
+            log.critical("influxdb refused the configuration; stopping: %s", exc)
+            await self.app.crash(exc)
+            # The crash stops the worker (exit status 1); this step, and the partition's
+            # later ones chained behind it, wait here until shutdown cancels them, so
+            # nothing after the failed write is acked.
+            await asyncio.get_running_loop().create_future()
+        self.metrics.influx_rejected(sum(r.sink == "influxdb" for r in result.rejected))
         futs = []
-        records: list[MfuWindow] = []
-        for c in closed:
-            for rec in c.records:
-                futs.append(await self.outputs[rec.scope].send(key=rec.key.encode(),
-                                                                value=rec.to_json()))
-                self.metrics.event_out(getattr(self.s, f"{rec.scope}_topic"))
-                records.append(rec)
-            for p in c.partials:
-                futs.append(await self.partials.send(
-                    key=f"{p.scope}:{p.key}".encode(),
-                    value=p.model_dump_json(by_alias=True).encode(),
-                ))
-        if records and self.sinks.sinks:
-            # Blocking, retrying writes off the event loop: an outage delays, never drops.
-            try:
-                result = await asyncio.get_running_loop().run_in_executor(
-                    None, self.sinks.write, records)
-            except InfluxConfigError as exc:  # wrong token/bucket: no retry can help
-                # A clear stop: say what to fix and end the worker (its input stays
-                # un-acked and is replayed once the setting is fixed).
-                self.metrics.fail(str(exc))
-                log.critical("influxdb refused the configuration; stopping: %s", exc)
-                await self.app.crash(exc)
-                raise
-            # Records a sink refused as bad (InfluxDB 400/422/413, Kafka too large):
-            # dead-lettered with the reason, the rest is written.
-            self.metrics.influx_rejected(sum(r.sink == "influxdb" for r in result.rejected))
-            for rej in result.rejected:
-                rec = rej.record
-                dead = DeadLetter(event_id=f"{rej.sink}:{rec.event_id}", reason=rej.reason,
-                                  source_topic=getattr(self.s, f"{rec.scope}_topic"),
-                                  original=rec.to_json().decode(), ts=time.time())
-                futs.append(await self.deadletter.send(key=rec.key.encode(),
-                                                       value=dead.to_json()))
-                self.metrics.dead_letter(rej.reason)
-        self.counters["records"] += len(records)
+        for rej in result.rejected:
+            rec = rej.record
+            dead = DeadLetter(event_id=f"{rej.sink}:{rec.event_id}", reason=rej.reason,
+                              source_topic=self.topics.output(rec.scope),
+                              original=rec.to_json().decode(), ts=time.time())
+            futs.append(await self.deadletter.send(key=rec.key.encode(), value=dead.to_json()))
+            self.metrics.dead_letter(rej.reason)
         return futs
-
-    async def _send_markers(self, src: int, stage: NodeStage, idle: bool) -> list[Any]:
-        closed_through = stage.progress.closed_through
-        m = Marker(src=src, closed_through=closed_through if closed_through > NEG_INF else 0.0,
-                   idle=idle)
-        value = m.model_dump_json(by_alias=True).encode()
-        # n_partitions is the partials topic's actual count (checked at start-up).
-        return [await self.partials.send(value=value, partition=i)
-                for i in range(self.n_partitions)]
 
     def _pause_idle_clocks(self, seconds: float) -> None:
         """While the node stage waits on its outputs (Kafka acks, an InfluxDB write that
         retries through an outage) it consumes nothing: that time must not count as its
         inputs being quiet, or the idle timeout would close windows half-filled."""
-        for st in self.node.values():
-            st.last_input_wall += seconds
-            last_seen = st.stage.last_seen
+        for part in self.node.values():
+            part.last_input_wall += seconds
+            last_seen = part.stage.last_seen
             for topic in last_seen:
                 last_seen[topic] += seconds
-
-    async def close_node_windows(self, partition: int, st: _PartitionState,
-                                 starts: list[float], idle: bool = False) -> None:
-        started = time.monotonic()
-        stage: NodeStage = st.stage
-        closed = [stage.close(ws) for ws in starts]
-        futs = await self._publish(closed)
-        futs += await self._send_markers(partition, stage, idle)
-        await asyncio.gather(*futs)
-        if await self._persist("node", partition, st):
-            self._release("node", partition, st)
-        self._pause_idle_clocks(time.monotonic() - started)
-        if starts:
-            self.metrics.window_closed("node", partition, starts[-1] + self.windows.size_s)
-
-    async def close_rollup_windows(self, partition: int, st: _PartitionState,
-                                   starts: list[float]) -> None:
-        stage: RollupStage = st.stage
-        closed = [stage.close(ws) for ws in starts]
-        futs = await self._publish(closed)
-        await asyncio.gather(*futs)
-        if starts:
-            self.metrics.window_closed("rollup", partition, starts[-1] + self.windows.size_s)
-        if await self._persist("rollup", partition, st):
-            self._release("rollup", partition, st)
 
     # --- input -------------------------------------------------------------------
 
@@ -370,13 +400,14 @@ class Runtime:
             await self.partial_batches.put([m for m in messages if m.topic == partials_topic])
 
     async def run_partials(self) -> None:
-        """The roll-up's loop over delivered partials and markers, one at a time (as
-        the agent's stream did, without its per-message Faust machinery)."""
+        """The roll-up's loop over delivered partials and markers: what is queued is
+        handled as one run."""
         while True:
             messages = await self.partial_batches.get()
+            while not self.partial_batches.empty() and len(messages) < self.s.take_max:
+                messages = messages + self.partial_batches.get_nowait()
             consumer = self.app.consumer
-            for m in messages:
-                await _fail_stop(self.on_partial(_Delivered(m, consumer)))
+            await _fail_stop(self.on_partials([_Delivered(m, consumer) for m in messages]))
 
     async def run_inputs(self) -> None:
         """The node stage's loop over delivered fetches: what is queued is handled as one
@@ -399,8 +430,8 @@ class Runtime:
 
     async def on_run(self, events: list[Any]) -> None:
         """Account a run of input messages (each with ``.message`` and ``.ack()``), then
-        close the windows that became due in the partitions they touched and release the
-        acks that became durable."""
+        close the windows that became due in the partitions they touched, start carrying
+        out each touched partition's step and release the acks that became durable."""
         async with self.node_lock:
             # Wait for recovery (the progress table) before creating any state.
             while self.app.rebalancing:
@@ -408,29 +439,56 @@ class Runtime:
             now = time.monotonic()
             horizon = time.time() + self.windows.max_future_skew_s
             owned = self._owned_partitions(self.s.telemetry_topic)
-            touched: dict[int, _PartitionState] = {}
-            futs: list[Any] = []
+            seen: dict[int, NodePartition] = {}
             for event in events:
                 message = event.message
                 if self._stale(message):
                     self.counters["stale"] += 1
                     continue
-                if owned is not None and message.partition not in owned:
+                partition = message.partition
+                if owned is not None and partition not in owned:
                     continue  # revoked meanwhile: its new owner replays it
-                st = await self._take_input(event, now, horizon, futs)
-                if st is not None:
-                    touched[message.partition] = st
-            if futs:  # dead letters, late copies, markers: durable before any input is acked
-                await asyncio.gather(*futs)
-            for partition, st in touched.items():
-                due = st.stage.due(now, await self._backlog(partition, st))
-                if due:
-                    await self.close_node_windows(partition, st, due)
-                elif st.acks.waiting_for_persist(st.persists):
-                    if await self._persist("node", partition, st):  # late counts
-                        self._release("node", partition, st)
-                else:
-                    self._release("node", partition, st)
+                part = seen.get(partition)
+                if part is None:
+                    part = seen[partition] = self.node_part(partition)
+                part.take(message, event, now, horizon)
+            for partition, part in seen.items():
+                self._count(part)
+                await self._seek(part)
+                step = part.cut(now, await self._backlog(partition, part))
+                await self._submit(part, step)
+                self._release(part)
+
+    async def on_partials(self, events: list[Any]) -> None:
+        """Account a run of partials and markers, then close the roll-up windows every
+        source has closed, per touched partition."""
+        while self.app.rebalancing:  # state only after recovery: see on_run
+            await asyncio.sleep(0.05)
+        now = time.monotonic()
+        owned = self._owned_partitions(self.s.partials_topic)
+        seen: dict[int, RollupPartition] = {}
+        for event in events:
+            message = event.message
+            if self._stale(message):
+                self.counters["stale"] += 1
+                continue
+            partition = message.partition
+            if owned is not None and partition not in owned:
+                continue  # revoked meanwhile: its new owner replays it
+            part = seen.get(partition)
+            if part is None:
+                part = seen[partition] = self.rollup_part(partition)
+            part.take(message, event, now)
+        for part in seen.values():
+            self._count(part)
+            await self._seek(part)
+            await self._submit(part, part.cut())
+            self._release(part)
+
+    async def on_partial(self, event: Any) -> None:
+        """One partial or marker from the roll-up agent's stream (``direct_delivery``
+        off)."""
+        await self.on_partials([event])
 
     def _owned_partitions(self, topic: str) -> set[int] | None:
         """Partitions of ``topic`` this worker owns now (None when unknown)."""
@@ -440,188 +498,6 @@ class Runtime:
         except Exception:
             return None
 
-    def _check_key(self, message: Any, good: list[Any], bad: list[Rejected]) -> list[Any]:
-        """Inputs are keyed by node so that one partition holds all of a node's data; an
-        event under another node's key would make a second, partial record of its node
-        (and count twice in the fleet): refuse it."""
-        key = message.key
-        if key is None:
-            for ev in good:
-                original = to_model(ev).model_dump_json(by_alias=True)
-                bad.append(Rejected(original=original, reason=(
-                    f"missing key: inputs must be keyed by node (key {ev.node!r}), so "
-                    "that one partition holds all of a node's events")))
-            return []
-        key_text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-        kept = []
-        for ev in good:
-            if ev.node == key_text:
-                kept.append(ev)
-            else:
-                original = to_model(ev).model_dump_json(by_alias=True)
-                bad.append(Rejected(original=original, reason=(
-                    f"key/node mismatch: Kafka key {key_text!r} but event node "
-                    f"{ev.node!r}; key each message by the node of its events")))
-        return kept
-
-    async def _take_input(self, event: Any, now: float, horizon: float,
-                          futs: list[Any]) -> _PartitionState | None:
-        message = event.message
-        topic, offset = message.topic, message.offset
-        st = self.node_state(message.partition)
-        if not await self._in_sequence(st, message, now):
-            return None
-        if not st.acks.is_new(topic, offset):
-            # Seen by this state already (fetched again): the first delivery carries
-            # the ack; counting it twice would inflate duplicates or lateness.
-            self.counters["redelivered"] += 1
-            return None
-        st.last_input_wall = now
-        until: float | None = None
-        needs_persist = False
-        late: list[GpuSample | FlopReport] = []
-        try:
-            is_sample = topic == self.s.telemetry_topic
-            # Checked msgspec Structs (or pydantic events where the fast path fell
-            # back): both have the models' attributes; to_model() before serializing.
-            good, bad = decode(message.value, GpuSample if is_sample else FlopReport,
-                               max_bytes=self.s.max_value_bytes, structs=True)
-            if good:
-                good = self._check_key(message, good, bad)
-            if good:
-                ahead = [ev for ev in good
-                         if (ev.ts if is_sample else ev.end) > horizon]  # type: ignore[union-attr]
-                if ahead:
-                    good = [ev for ev in good
-                            if (ev.ts if is_sample else ev.end) <= horizon]  # type: ignore[union-attr]
-                    for ev in ahead:
-                        end = ev.ts if is_sample else ev.end  # type: ignore[union-attr]
-                        bad.append(Rejected(
-                            original=to_model(ev).model_dump_json(by_alias=True),
-                            reason=f"clock skew: event time {end:.3f} is more than "
-                            f"{self.windows.max_future_skew_s:.0f} s ahead of this worker's "
-                            f"clock; check NTP on node {ev.node}"))
-            if good:
-                until, late, duplicates = st.stage.add_many(
-                    good, topic=topic, offset=offset, now=now, is_sample=is_sample)
-                self.counters["duplicates"] += duplicates
-                # Late counts wait in Progress for the key's next record.
-                needs_persist = bool(late)
-            self.counters["events"] += len(good)
-            self.metrics.event_in(message.topic, len(good))
-        except Exception as exc:  # one bad message must not stop the partition
-            log.exception("input message failed; dead-lettering it",
-                          extra={"topic": topic, "partition": message.partition,
-                                 "offset": offset})
-            value = message.value
-            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-            bad = [Rejected(original=text, reason=f"processing failed: "
-                            f"{type(exc).__name__}: {exc}"[:2000])]
-            until, late, needs_persist = None, [], False
-        if bad:
-            futs += await self._dead_letter(bad, message)
-        for ev in late:
-            futs.append(await self.late.send(key=message.key, value=to_model(ev).to_json()))
-        self.counters["late"] += len(late)
-        self.metrics.late(message.topic, len(late))
-        st.acks.add(topic, offset, event, until=until,
-                    seq=st.persists if needs_persist else None)
-        if st.idle:
-            # Resuming: tell the roll-up at once to wait for this partition again, before
-            # the other partitions close windows this one now has data for.
-            st.idle = False
-            futs += await self._send_markers(message.partition, st.stage, idle=False)
-        return st
-
-    async def _in_sequence(self, st: _PartitionState, message: Any, now: float) -> bool:
-        """False for a message to drop because messages before it were skipped.
-
-        The pipeline's topics have contiguous offsets (idempotent producers, no
-        transactions), so an offset more than one past the last one taken means Faust
-        dropped messages in between (seen after a restart: its queues are cleared when
-        the flow resumes, while a partition with nothing committed is not sought back).
-        Seek back to the first missing offset and drop what arrives after it until it
-        comes again; a real hole (compaction, aborted transactions, retention) is
-        accepted after ``REWIND_PATIENCE_S``.
-        """
-        topic, offset = message.topic, message.offset
-        pending = st.rewind.get(topic)
-        if pending is not None:
-            expected, since = pending
-            if offset < expected:
-                return True  # a redelivery: is_new drops it
-            if offset == expected:
-                del st.rewind[topic]
-                return True
-            if now - since < REWIND_PATIENCE_S:
-                return False
-            del st.rewind[topic]
-            log.error("offsets missing from a partition; going on without them",
-                      extra={"topic": topic, "partition": message.partition,
-                             "missing_from": expected, "offset": offset})
-            return True
-        last = st.acks.taken.get(topic)
-        if last is None or offset <= last + 1:
-            return True
-        self.counters["gaps"] += 1
-        log.warning("input offsets jumped: seeking back to the first skipped message",
-                    extra={"topic": topic, "partition": message.partition,
-                           "after": last, "offset": offset})
-        st.rewind[topic] = (last + 1, now)
-        await self.app.consumer.seek(TP(topic, message.partition), last + 1)
-        return False
-
-    async def on_partial(self, event: Any) -> None:
-        message = event.message
-        while self.app.rebalancing:  # state only after recovery: see on_inputs
-            await asyncio.sleep(0.05)
-        if self._stale(message):
-            self.counters["stale"] += 1
-            return
-        owned = self._owned_partitions(self.s.partials_topic)
-        if owned is not None and message.partition not in owned:
-            return  # revoked meanwhile: its new owner replays it
-        partition = message.partition
-        st = self.rollup_state(partition)
-        if not await self._in_sequence(st, message, time.monotonic()):
-            return
-        if not st.acks.is_new(message.topic, message.offset):
-            self.counters["redelivered"] += 1
-            return
-        st.last_input_wall = time.monotonic()
-        until: float | None = None
-        needs_persist = False
-        try:
-            obj = json.loads(message.value)
-            if isinstance(obj, dict) and obj.get("schema") == "mfu_marker/1":
-                st.stage.add_marker(Marker.model_validate(obj), topic=message.topic,
-                                    offset=message.offset)
-                needs_persist = True  # the source's progress lives in Progress
-            else:
-                d = st.stage.add_partial(Partial.model_validate(obj), topic=message.topic,
-                                         offset=message.offset)
-                until = d.max_window
-                needs_persist = d.late
-        except Exception as exc:  # (ValueError, ValidationError, TypeError, ...)
-            value = message.value
-            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-            futs = await self._dead_letter(
-                [Rejected(original=text, reason=f"bad partial: {type(exc).__name__}: "
-                          f"{exc}"[:2000])], message)
-            await asyncio.gather(*futs)
-        st.acks.add(message.topic, message.offset, event, until=until,
-                    seq=st.persists if needs_persist else None)
-        due = st.stage.due()
-        if due:
-            await self.close_rollup_windows(partition, st, due)
-        elif st.acks.waiting_for_persist(st.persists) and not st.stage.open:
-            # Nothing open to close soon: persist the marker's effect now, so that the
-            # commit does not wait for the next window.
-            if await self._persist("rollup", partition, st):
-                self._release("rollup", partition, st)
-        else:
-            self._release("rollup", partition, st)
-
     async def on_tick(self) -> None:
         """Close windows of partitions whose input stopped; tell the roll-up they are idle."""
         if self.node_lock.locked():
@@ -629,7 +505,7 @@ class Runtime:
         async with self.node_lock:
             await self._on_tick()
 
-    async def _backlog(self, partition: int, st: _PartitionState) -> frozenset[str]:
+    async def _backlog(self, partition: int, part: NodePartition) -> frozenset[str]:
         """Input topics whose broker holds data of this partition not processed yet. Such
         an input is not idle however long it has been silent here: a busy or starved
         worker must not close windows early and turn their data late. Every message
@@ -646,7 +522,7 @@ class Runtime:
             if highwater is None:
                 lagging.append(topic)
                 continue
-            taken = st.acks.taken.get(topic)
+            taken = part.acks.taken.get(topic)
             if taken is not None:
                 if taken + 1 < highwater:
                     lagging.append(topic)
@@ -672,30 +548,10 @@ class Runtime:
         for tp in assigned:
             if tp.topic != self.s.telemetry_topic:
                 continue
-            st = self.node_state(tp.partition)
-            backlog = await self._backlog(tp.partition, st)
-            if now - st.last_input_wall < self.windows.idle_timeout_s or backlog:
-                # One input may have gone quiet while the other still flows.
-                due = st.stage.due(now, backlog)
-                if due:
-                    await self.close_node_windows(tp.partition, st, due)
-                continue
-            starts = st.stage.flush_idle()
-            if starts:
-                log.info("closing windows of an idle partition", extra={
-                    "partition": tp.partition, "windows": len(starts),
-                    "silent_s": round(now - st.last_input_wall, 1),
-                    "offsets": dict(st.stage.max_offsets)})
-                await self.close_node_windows(tp.partition, st, starts, idle=True)
-                st.idle_announced_at, st.idle = now, True
-            else:
-                if st.acks.waiting_for_persist(st.persists) and \
-                        await self._persist("node", tp.partition, st):
-                    self._release("node", tp.partition, st)
-                if now - st.idle_announced_at >= self.windows.idle_timeout_s:
-                    await asyncio.gather(*await self._send_markers(tp.partition, st.stage,
-                                                                   True))
-                    st.idle_announced_at, st.idle = now, True
+            part = self.node_part(tp.partition)
+            step = part.tick(now, await self._backlog(tp.partition, part))
+            await self._submit(part, step)
+            self._release(part)
 
 
 def _drop_spinner_debug_level() -> None:

@@ -13,7 +13,10 @@ each may be committed:
 - ``until``: the last window the message counts in (events, duplicates): it must be
   closed *and* written, i.e. below the partition's durable ``closed_through``;
 - ``seq``: the message changed state that is persisted with the partition's ``Progress``
-  (late counts, roll-up markers): a persist numbered above ``seq`` must have completed.
+  (late counts, roll-up markers): a persist numbered above ``seq`` must have completed;
+- ``step``: the message made records of its own (dead letters, late copies, a resume
+  marker) that go out with the partition's next step (:mod:`streams.partition`): a step
+  numbered above ``step`` must have been carried out.
 
 :meth:`InOrderAcks.release` pops the longest prefix of done messages and returns them;
 the caller acks exactly those, in that order. Faust's acked list is then always one
@@ -37,6 +40,7 @@ class Entry:
     event: Any  # whatever the caller acks (a Faust event); opaque here
     until: float | None = None  # last window start it counts in (None: none)
     seq: int | None = None  # needs a persist numbered > seq (None: no state effect)
+    step: int | None = None  # needs a step numbered > step carried out (None: no sends)
 
 
 @dataclass
@@ -53,18 +57,20 @@ class InOrderAcks:
         return offset > self.taken.get(topic, -1)
 
     def add(self, topic: str, offset: int, event: Any, *, until: float | None = None,
-            seq: int | None = None) -> None:
+            seq: int | None = None, step: int | None = None) -> None:
         """Take the next message of ``topic`` (offsets must increase)."""
         if not self.is_new(topic, offset):
             raise ValueError(f"{topic}[{offset}] taken out of order (after "
                              f"{self.taken[topic]}); drop redeliveries with is_new()")
         self.taken[topic] = offset
-        self.queues.setdefault(topic, deque()).append(Entry(offset, event, until, seq))
+        self.queues.setdefault(topic, deque()).append(Entry(offset, event, until, seq, step))
 
-    def release(self, durable_closed_through: float, durable_seq: int) -> list[Any]:
+    def release(self, durable_closed_through: float, durable_seq: int,
+                durable_step: int | None = None) -> list[Any]:
         """Events whose results are durable, per topic the longest prefix in offset
         order. ``durable_closed_through``: every window starting before it is closed and
-        written; ``durable_seq``: number of the last completed persist."""
+        written; ``durable_seq``: number of the last completed persist; ``durable_step``:
+        number of the last step carried out (None: no message waits for one)."""
         out: list[Any] = []
         for topic, q in self.queues.items():
             while q:
@@ -72,6 +78,8 @@ class InOrderAcks:
                 if e.until is not None and e.until >= durable_closed_through:
                     break
                 if e.seq is not None and e.seq >= durable_seq:
+                    break
+                if e.step is not None and (durable_step is None or e.step >= durable_step):
                     break
                 q.popleft()
                 out.append(e.event)
