@@ -5,7 +5,9 @@ changelog) through Faust's Conductor; off by setting."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 
+import aiokafka
 import faust
 import pytest
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
@@ -35,7 +37,9 @@ def test_the_input_topics_are_handed_to_the_node_stage_in_batches() -> None:
 
 def test_direct_delivery_can_be_turned_off() -> None:
     app, _ = _app(direct_delivery=False, producer_linger_s=0.002)
-    assert app.transport.Consumer is AIOKafkaConsumer
+    consumer = app.transport.Consumer
+    assert issubclass(consumer, AIOKafkaConsumer)
+    assert not issubclass(consumer, delivery.DirectDeliveryConsumer)
     assert app.conf.producer_linger == 0.002
 
 
@@ -81,3 +85,25 @@ def test_a_delivered_message_acks_through_faust_message_refcount() -> None:
 
     m, c = Message(), object()
     assert _Delivered(m, c).ack() and calls == [c]
+
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_the_consumer_asks_the_broker_for_the_configured_fetch_wait(direct: bool) -> None:
+    asyncio.run(_fetch_wait(direct))
+
+
+async def _fetch_wait(direct: bool) -> None:
+    app, _ = _app(direct_delivery=direct, fetch_max_wait_s=0.25)
+
+    async def nothing(*_args: object) -> None:
+        return None
+
+    consumer = app.transport.Consumer(app.transport, callback=nothing,
+                                      on_partitions_revoked=nothing,
+                                      on_partitions_assigned=nothing)
+    kafka_consumer = consumer._new_consumer_thread()._create_worker_consumer(app.transport)
+    assert kafka_consumer._fetch_max_wait_ms == 250
+    # ... which is what aiokafka's start() builds its Fetcher with.
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(
+        aiokafka.AIOKafkaConsumer.start)
