@@ -139,6 +139,7 @@ SUM_FLOAT_FIELDS = (
     "allocated_seconds", "allocated_peak_flops", "allocated_flops", *ACCT_FIELDS,
 )
 SUM_INT_FIELDS = ("gpus", "late_events", "duplicates", "allocated_gpus")
+SUM_FIELDS = SUM_FLOAT_FIELDS + SUM_INT_FIELDS
 
 
 class Partial(BaseModel):
@@ -654,10 +655,11 @@ class NodeWindow:
 
 def merge(into: Partial, other: Partial) -> None:
     """Add ``other``'s sums into ``into`` (same scope, key and window)."""
-    for name in SUM_FLOAT_FIELDS:
-        setattr(into, name, getattr(into, name) + getattr(other, name))
-    for name in SUM_INT_FIELDS:
-        setattr(into, name, getattr(into, name) + getattr(other, name))
+    # On the models' field storage: Partial does not validate assignments, and pydantic's
+    # __setattr__ costs about a microsecond per field (some 50 per merge).
+    mine, theirs = into.__dict__, other.__dict__
+    for name in SUM_FIELDS:
+        mine[name] += theirs[name]
     into.unknown.extend(other.unknown)
     for k, v in other.precision_flops.items():
         into.precision_flops[k] = into.precision_flops.get(k, 0.0) + v

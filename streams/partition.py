@@ -440,14 +440,23 @@ class RollupPartition(_Partition):
         until: float | None = None
         persist = sends = False
         try:
-            obj = json.loads(message.value)  # type: ignore[arg-type]
-            if isinstance(obj, dict) and obj.get("schema") == "mfu_marker/1":
-                self.stage.add_marker(Marker.model_validate(obj), topic=message.topic,
-                                      offset=message.offset)
+            value = message.value
+            marker: Marker | None = None
+            if value is None:
+                raise ValueError("a partial without a value")
+            if b"mfu_marker/1" in value:  # a marker (or a partial naming one: parsed)
+                obj = json.loads(value)
+                if isinstance(obj, dict) and obj.get("schema") == "mfu_marker/1":
+                    marker = Marker.model_validate(obj)
+                else:
+                    partial = Partial.model_validate(obj)
+            else:  # nearly every message: parsed and validated in one pass
+                partial = Partial.model_validate_json(value)
+            if marker is not None:
+                self.stage.add_marker(marker, topic=message.topic, offset=message.offset)
                 persist = True  # the source's progress lives in Progress
             else:
-                d = self.stage.add_partial(Partial.model_validate(obj), topic=message.topic,
-                                           offset=message.offset)
+                d = self.stage.add_partial(partial, topic=message.topic, offset=message.offset)
                 until = d.max_window
                 persist = d.late
         except Exception as exc:  # (ValueError, ValidationError, TypeError, ...)

@@ -209,6 +209,10 @@ class NodeStage(_Base):
         floor = math.floor
         per_event = is_sample is None
         sample = bool(is_sample)
+        last_ws: float | None = None
+        last_node: str | None = None
+        w: NodeWindow | None = None
+        seen: set[str] = set()
         for event in events:
             if per_event:
                 sample = isinstance(event, GpuSample)
@@ -229,15 +233,18 @@ class NodeStage(_Base):
                                 late.append(event)
                                 self._count_late(event, sample)
                         else:
-                            nodes = open_.get(ws)
-                            if nodes is None:
-                                nodes = open_[ws] = {}
                             node = event.node
-                            w = nodes.get(node)
-                            if w is None:
-                                w = nodes[node] = NodeWindow(node, ws, ws + size)
+                            # A message's events are mostly one node's, in one window.
+                            if ws != last_ws or node != last_node:
+                                nodes = open_.get(ws)
+                                if nodes is None:
+                                    nodes = open_[ws] = {}
+                                w = nodes.get(node)
+                                if w is None:
+                                    w = nodes[node] = NodeWindow(node, ws, ws + size)
+                                last_ws, last_node, seen = ws, node, w.seen
                             event_id = event.event_id
-                            if event_id in w.seen:
+                            if event_id in seen:
                                 # Counted in this window's ``duplicates``: the message
                                 # waits for this window like any other.
                                 w.duplicates += 1
@@ -245,7 +252,7 @@ class NodeStage(_Base):
                                 if max_window is None or ws > max_window:
                                     max_window = ws
                             else:
-                                w.seen.add(event_id)
+                                seen.add(event_id)
                                 if sample:
                                     w.add_sample(event, overlap)  # type: ignore[arg-type]
                                 else:
