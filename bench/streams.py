@@ -135,6 +135,14 @@ class Worker:
     def tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
 
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds (user + system, all threads) the worker used so far (Linux)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -495,7 +503,9 @@ def bench_throughput(kafka: KafkaSettings, args: argparse.Namespace) -> dict[str
                         workdir, args.profile)
         try:
             assigned = wait_assigned(run, worker)
+            cpu_at_assigned = worker.cpu_seconds()
             done, rec = wait_for_window(run, worker, last_ws, args.timeout_s)
+            cpu_at_done = worker.cpu_seconds()
         finally:
             worker.stop()
         elapsed = done - assigned
@@ -507,6 +517,9 @@ def bench_throughput(kafka: KafkaSettings, args: argparse.Namespace) -> dict[str
             "partitions": args.partitions, "envelope_s": envelope_s, "produce_s": produce_s,
             "worker_s": elapsed, "worker_samples_per_s": rate,
             "worker_events_per_s": 2 * samples / elapsed,
+            "worker_cpu_s": (cpu_at_done - cpu_at_assigned
+                             if cpu_at_done is not None and cpu_at_assigned is not None
+                             else None),
             "ceiling_s": ceiling["seconds"], "ceiling_samples_per_s": ceiling["samples_per_s"],
             "ratio": rate / ceiling["samples_per_s"],
             "faust_floor_s": floor["seconds"], "faust_floor_cpu_s": floor["cpu_seconds"],
@@ -730,7 +743,9 @@ def _print(result: dict[str, Any]) -> None:
               f"{tp['partitions']} partitions")
         print(f"  worker (1 process)     {tp['worker_samples_per_s']:>10,.0f} GPU samples/s "
               f"({tp['worker_events_per_s']:,.0f} events/s; {tp['worker_s']:.2f} s from "
-              "partitions assigned to the last window's fleet record)")
+              "partitions assigned to the last window's fleet record"
+              + (f", {tp['worker_cpu_s']:.2f} s CPU)" if tp.get("worker_cpu_s") is not None
+                 else ")"))
         print(f"  bare consumer + JSON   {tp['ceiling_samples_per_s']:>10,.0f} GPU samples/s "
               f"(ceiling; {tp['ceiling_s']:.2f} s)")
         print(f"  bare Faust agent       {tp['faust_floor_samples_per_s']:>10,.0f} GPU samples/s "
