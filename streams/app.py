@@ -197,11 +197,6 @@ class Runtime:
             "node": app.topic(settings.node_topic, **raw),
             "fleet": app.topic(settings.fleet_topic, **raw),
         }
-        # Topic name -> Faust topic, for the sends of a step.
-        self._by_name: dict[str, Any] = {
-            settings.partials_topic: self.partials, settings.deadletter_topic: self.deadletter,
-            settings.late_topic: self.late, settings.workload_topic: self.outputs["workload"],
-            settings.node_topic: self.outputs["node"], settings.fleet_topic: self.outputs["fleet"]}
         self.progress = app.Table("progress", partitions=kafka.partitions, key_type=bytes,
                                   value_type=bytes)
 
@@ -318,18 +313,20 @@ class Runtime:
         if not self._current(part):
             return
         futs = []
-        by_name = self._by_name
+        # Straight to the producer: the values are bytes already, and Faust's Topic.send
+        # (a FutureMessage, callbacks and sensors per record) cost ~10 % of the worker.
+        produce = self.app.producer.send
         for send in step.sends:
-            futs.append(await by_name[send.topic].send(key=send.key, value=send.value,
-                                                       partition=send.partition))
+            futs.append(await produce(send.topic, send.key, send.value, send.partition,
+                                      None, None))
         for rec in step.records:
             self.metrics.event_out(self.topics.output(rec.scope))
         self.counters["records"] += len(step.records)
         if step.records and self.sinks.sinks:
             futs += await self._write_sinks(step.records)
         for send in step.markers:
-            futs.append(await self.partials.send(key=send.key, value=send.value,
-                                                 partition=send.partition))
+            futs.append(await produce(send.topic, send.key, send.value, send.partition,
+                                      None, None))
         if futs:
             await asyncio.gather(*futs)
         if step.progress is not None:
