@@ -80,21 +80,34 @@ class Run:
         self.app_id = f"mfu-bench-{self.suffix}"
         self.fleet = f"bench-{self.suffix}"
         self.admin = AdminClient(kafka.confluent_config())
+        self.owns_inputs = True
+
+    def _owned_topics(self) -> list[str]:
+        return [t for k, t in self.topics.items()
+                if self.owns_inputs or k not in ("telemetry", "flops")]
 
     def create(self) -> None:
         futures = self.admin.create_topics(
             [NewTopic(t, num_partitions=self.partitions,
                       replication_factor=self.kafka.replication_factor)
-             for t in self.topics.values()], operation_timeout=30)
+             for t in self._owned_topics()], operation_timeout=30)
         for fut in futures.values():
             fut.result(timeout=60)
 
     def delete(self) -> None:
-        names = [*self.topics.values(), f"{self.app_id}-progress-changelog",
+        names = [*self._owned_topics(), f"{self.app_id}-progress-changelog",
                  f"{self.app_id}-__assignor-__leader"]
         for fut in self.admin.delete_topics(names, operation_timeout=30).values():
             with contextlib.suppress(Exception):
                 fut.result(timeout=30)
+
+    def variant(self, label: str) -> Run:
+        """A run on the same input topics with its own app id, fleet and other topics
+        (another worker measured on the same backlog)."""
+        other = Run(self.kafka, self.partitions, f"{label}-{self.suffix}")
+        other.topics.update({k: self.topics[k] for k in ("telemetry", "flops")})
+        other.owns_inputs = False
+        return other
 
     def env(self, windows: dict[str, float]) -> dict[str, str]:
         env = dict(os.environ)
@@ -114,15 +127,52 @@ class Run:
         return zlib.crc32(key.encode()) % self.partitions  # librdkafka's default for keys
 
 
+def baseline_tree(ref: str, workdir: Path) -> Path:
+    """The repository's tree at ``ref`` (``git archive``), to run that version's worker."""
+    repo = Path(__file__).resolve().parents[1]
+    dest = workdir / "baseline"
+    dest.mkdir()
+    try:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", ref], check=True,
+                                 capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        err = getattr(exc, "stderr", b"") or b""
+        raise BenchError(f"--baseline-ref {ref}: git archive failed: "
+                         f"{err.decode(errors='replace').strip() or exc}") from exc
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def measure_worker(run: Run, env: dict[str, str], workdir: Path, last_ws: float,
+                   timeout_s: float, profile: Path | None = None, source: Path | None = None,
+                   name: str = "worker") -> dict[str, Any]:
+    """One worker process on ``run``'s backlog: seconds from its partitions being assigned
+    to the fleet record of window ``last_ws``, its CPU seconds meanwhile, and that record."""
+    worker = Worker(env, workdir, profile, source, name)
+    try:
+        assigned = wait_assigned(run, worker)
+        cpu_at_assigned = worker.cpu_seconds()
+        done, rec = wait_for_window(run, worker, last_ws, timeout_s)
+        cpu_at_done = worker.cpu_seconds()
+    finally:
+        worker.stop()
+    cpu = (cpu_at_done - cpu_at_assigned
+           if cpu_at_done is not None and cpu_at_assigned is not None else None)
+    return {"seconds": done - assigned, "cpu_seconds": cpu, "record": rec}
+
+
 class Worker:
     """``mfu streams`` as a subprocess (optionally under cProfile)."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, profile: Path | None) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, profile: Path | None,
+                 source: Path | None = None, name: str = "worker") -> None:
         cmd = [sys.executable]
         if profile is not None:
             cmd += ["-m", "cProfile", "-o", str(profile)]
         cmd += ["-m", "mfucli", "streams"]
-        self.log_path = workdir / "worker.log"
+        if source is not None:  # another version's code (--baseline-ref), same venv
+            env = {**env, "PYTHONPATH": str(source)}
+        self.log_path = workdir / f"{name}.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT,
@@ -499,16 +549,22 @@ def bench_throughput(kafka: KafkaSettings, args: argparse.Namespace) -> dict[str
         last_ws = float(T0 + seconds - windows.size_s)
         peer = (None if args.no_peer else
                 quixstreams_peer(run, args.nodes, last_ws, windows, workdir, args.timeout_s))
-        worker = Worker(run.env({"size_s": windows.size_s, "grace_s": windows.grace_s}),
-                        workdir, args.profile)
-        try:
-            assigned = wait_assigned(run, worker)
-            cpu_at_assigned = worker.cpu_seconds()
-            done, rec = wait_for_window(run, worker, last_ws, args.timeout_s)
-            cpu_at_done = worker.cpu_seconds()
-        finally:
-            worker.stop()
-        elapsed = done - assigned
+        window_env = {"size_s": windows.size_s, "grace_s": windows.grace_s}
+        baseline = None
+        if args.baseline_ref:
+            # That version's worker on the same backlog (its own group and output topics).
+            base_run = run.variant("base")
+            base_run.create()
+            try:
+                baseline = measure_worker(base_run, base_run.env(window_env), workdir,
+                                          last_ws, args.timeout_s,
+                                          source=baseline_tree(args.baseline_ref, workdir),
+                                          name="baseline")
+            finally:
+                base_run.delete()
+        measured = measure_worker(run, run.env(window_env), workdir, last_ws, args.timeout_s,
+                                  args.profile)
+        elapsed, rec = measured["seconds"], measured["record"]
         rate = samples / elapsed
         shutil.rmtree(workdir, ignore_errors=True)
         return {
@@ -517,9 +573,15 @@ def bench_throughput(kafka: KafkaSettings, args: argparse.Namespace) -> dict[str
             "partitions": args.partitions, "envelope_s": envelope_s, "produce_s": produce_s,
             "worker_s": elapsed, "worker_samples_per_s": rate,
             "worker_events_per_s": 2 * samples / elapsed,
-            "worker_cpu_s": (cpu_at_done - cpu_at_assigned
-                             if cpu_at_done is not None and cpu_at_assigned is not None
-                             else None),
+            "worker_cpu_s": measured["cpu_seconds"],
+            "baseline_ref": args.baseline_ref,
+            "baseline_s": baseline["seconds"] if baseline else None,
+            "baseline_cpu_s": baseline["cpu_seconds"] if baseline else None,
+            "baseline_samples_per_s": samples / baseline["seconds"] if baseline else None,
+            "ratio_to_baseline": baseline["seconds"] / elapsed if baseline else None,
+            "baseline_ok": (baseline["record"]["mfu"] is not None
+                            and abs(baseline["record"]["mfu"] - BENCH_MFU) < 1e-9)
+            if baseline else None,
             "ceiling_s": ceiling["seconds"], "ceiling_samples_per_s": ceiling["samples_per_s"],
             "ratio": rate / ceiling["samples_per_s"],
             "faust_floor_s": floor["seconds"], "faust_floor_cpu_s": floor["cpu_seconds"],
@@ -746,6 +808,11 @@ def _print(result: dict[str, Any]) -> None:
               "partitions assigned to the last window's fleet record"
               + (f", {tp['worker_cpu_s']:.2f} s CPU)" if tp.get("worker_cpu_s") is not None
                  else ")"))
+        if tp.get("baseline_ref"):
+            print(f"  worker at {tp['baseline_ref'][:12]:<12} {tp['baseline_samples_per_s']:>10,.0f} "
+                  f"GPU samples/s (that version's worker, same input, same run; "
+                  f"{tp['baseline_s']:.2f} s, {tp['baseline_cpu_s'] or 0:.2f} s CPU; fleet MFU "
+                  f"{'ok' if tp['baseline_ok'] else 'WRONG'})")
         print(f"  bare consumer + JSON   {tp['ceiling_samples_per_s']:>10,.0f} GPU samples/s "
               f"(ceiling; {tp['ceiling_s']:.2f} s)")
         print(f"  bare Faust agent       {tp['faust_floor_samples_per_s']:>10,.0f} GPU samples/s "
@@ -764,6 +831,9 @@ def _print(result: dict[str, Any]) -> None:
         if tp.get("peer"):
             print(f"  product/peer           {tp['ratio_to_peer']:>10.2f}   (worker / "
                   f"{tp['peer']}, same input, same run)")
+        if tp.get("baseline_ref"):
+            print(f"  product/baseline       {tp['ratio_to_baseline']:>10.2f}   (worker / worker "
+                  f"at {tp['baseline_ref']}, same input, same run)")
         print(f"  fleet MFU of the last window {tp['last_window_fleet_mfu']} over "
               f"{tp['last_window_gpus']} GPUs ({'ok' if tp['mfu_ok'] else 'WRONG'})")
         print(f"  target >= {TARGET_SAMPLES_PER_S:,} GPU samples/s per worker: "
@@ -802,6 +872,9 @@ def main(argv: list[str] | None = None) -> int:
                         "MFU_AGENT_ENVELOPE_S); divides the window")
     parser.add_argument("--no-peer", action="store_true",
                         help="skip the quixstreams peer (it needs its own venv, made once)")
+    parser.add_argument("--baseline-ref", metavar="REF",
+                        help="also run the worker of this git commit (e.g. the one an issue "
+                        "measured) on the same backlog and print product/baseline")
     parser.add_argument("--profile", type=Path, help="run the throughput worker under "
                         "cProfile, writing stats here (read with python -m pstats)")
     parser.add_argument("--latency-s", type=float, default=30.0, help="paced feed length")
