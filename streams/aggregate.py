@@ -114,7 +114,7 @@ class ReportAcc:
     hardware_flops: float = 0.0
     tokens: float = 0.0
     seconds: float = 0.0  # report coverage in the window, seconds
-    by_precision: Counter[str] = field(default_factory=Counter)
+    by_precision: dict[str, float] = field(default_factory=dict)  # precision -> FLOPs
     expected_mfu: float | None = None
     model: str | None = None
     phase: str | None = None
@@ -229,6 +229,10 @@ def _ratio(num: float, den: float) -> float | None:
 
 def _clamp01(x: float | None) -> float | None:
     return None if x is None else min(1.0, max(0.0, x))
+
+
+def _second(kv: tuple[str, float]) -> float:
+    return kv[1]
 
 
 def _dominant(counter: dict[str, float]) -> str | None:
@@ -419,7 +423,8 @@ class NodeWindow:
         acc.hardware_flops += (r.hardware_flops if r.hardware_flops is not None else r.flops) * fraction
         acc.tokens += (r.tokens or 0.0) * fraction
         acc.seconds += overlap_s
-        acc.by_precision[r.precision] += flops if flops > 0 else 1e-300
+        bp = acc.by_precision
+        bp[r.precision] = bp.get(r.precision, 0) + (flops if flops > 0 else 1e-300)
         if r.expected_mfu is not None:
             acc.expected_mfu = r.expected_mfu
         acc.model = r.model or acc.model
@@ -437,10 +442,18 @@ class NodeWindow:
 
     def _gpu_precision(self) -> dict[str, str]:
         """Precision each GPU's peak is taken at: that of most of its FLOPs."""
-        per_gpu: dict[str, Counter[str]] = {}
+        # Plain dicts in Counter.update's insertion order; max() keeps the first of equal
+        # sums, as Counter.most_common(1) does (it is max() too): the same answer, without
+        # a Counter per GPU and window.
+        per_gpu: dict[str, dict[str, float]] = {}
         for acc in self.reports.values():
-            per_gpu.setdefault(acc.gpu_uuid, Counter()).update(acc.by_precision)
-        return {g: c.most_common(1)[0][0] for g, c in per_gpu.items() if c}
+            sums = per_gpu.get(acc.gpu_uuid)
+            if sums is None:
+                per_gpu[acc.gpu_uuid] = dict(acc.by_precision)
+            else:
+                for k, v in acc.by_precision.items():
+                    sums[k] = sums.get(k, 0) + v
+        return {g: max(c.items(), key=_second)[0] for g, c in per_gpu.items() if c}
 
     def close(
         self, fleet: str, registry: dict[str, tuple[str, str | None]]

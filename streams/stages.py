@@ -226,7 +226,8 @@ class NodeStage(_Base):
                 if ws + size >= end:
                     if sample:
                         registry[event.gpu_uuid] = (event.gpu_name, event.mig_profile)  # type: ignore[union-attr]
-                    overlap = min(end, ws + size) - max(start, ws)
+                    # min(end, ws + size) - max(start, ws), with ws + size >= end here
+                    overlap = end - (start if start > ws else ws)
                     if overlap > 0:
                         if ws < closed_through:
                             if not replay:
