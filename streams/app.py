@@ -129,7 +129,13 @@ class _Delivered:
         self.consumer = consumer
 
     def ack(self) -> bool:
-        return self.message.ack(self.consumer)
+        message = self.message
+        if message.refcount:  # someone else holds it too: Faust's refcounted ack
+            return message.ack(self.consumer)
+        # Nothing holds a reference to a directly delivered message, so Message.ack would
+        # only decref to 0 and call consumer.ack (three lock round trips instead of one;
+        # ~4 % of the worker on the ack path).
+        return self.consumer.ack(message)
 
 
 class _Chain:

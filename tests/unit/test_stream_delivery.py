@@ -73,19 +73,35 @@ async def _deliver_splits() -> None:
     assert rt.partial_batches.empty()
 
 
-def test_a_delivered_message_acks_through_faust_message_refcount() -> None:
+def test_a_delivered_message_acks_through_the_consumer_unless_referenced() -> None:
+    from faust.types import TP
+    from faust.types.tuples import ConsumerMessage
+
     from streams.app import _Delivered
 
-    calls = []
+    class Consumer:
+        def __init__(self) -> None:
+            self.acked: list[int] = []
 
-    class Message:
-        def ack(self, consumer: object) -> bool:
-            calls.append(consumer)
+        def ack(self, message: ConsumerMessage) -> bool:
+            if message.acked:
+                return False
+            message.acked = True
+            self.acked.append(message.offset)
             return True
 
-    m, c = Message(), object()
-    assert _Delivered(m, c).ack() and calls == [c]
+    def message(offset: int) -> ConsumerMessage:
+        return ConsumerMessage("t", 0, offset, 0.0, 0, None, b"k", b"v", None,
+                               tp=TP("t", 0))
 
+    c = Consumer()
+    plain = message(1)
+    assert _Delivered(plain, c).ack() and c.acked == [1]
+    assert not _Delivered(plain, c).ack() and c.acked == [1]  # once
+    held = message(2)
+    held.incref(2)  # held by others too: an ack only drops a reference...
+    assert not _Delivered(held, c).ack() and c.acked == [1]
+    assert _Delivered(held, c).ack() and c.acked == [1, 2]  # ...the last one acks
 
 
 @pytest.mark.parametrize("direct", [True, False])
