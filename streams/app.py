@@ -35,6 +35,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -196,13 +197,6 @@ class Runtime:
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = app.topic(settings.telemetry_topic, settings.flops_topic, **raw)
         self.partials = app.topic(settings.partials_topic, partitions=kafka.partitions, **raw)
-        self.deadletter = app.topic(settings.deadletter_topic, **raw)
-        self.late = app.topic(settings.late_topic, **raw)
-        self.outputs = {
-            "workload": app.topic(settings.workload_topic, **raw),
-            "node": app.topic(settings.node_topic, **raw),
-            "fleet": app.topic(settings.fleet_topic, **raw),
-        }
         self.progress = app.Table("progress", partitions=kafka.partitions, key_type=bytes,
                                   value_type=bytes)
 
@@ -372,7 +366,8 @@ class Runtime:
             dead = DeadLetter(event_id=f"{rej.sink}:{rec.event_id}", reason=rej.reason,
                               source_topic=self.topics.output(rec.scope),
                               original=rec.to_json().decode(), ts=time.time())
-            futs.append(await self.deadletter.send(key=rec.key.encode(), value=dead.to_json()))
+            futs.append(await self.app.producer.send(self.s.deadletter_topic, rec.key.encode(),
+                                                     dead.to_json(), None, None, None))
             self.metrics.dead_letter(rej.reason)
         return futs
 
@@ -408,24 +403,23 @@ class Runtime:
             await self.partial_batches.put([m for m in messages if m.topic == partials_topic])
 
     async def run_partials(self) -> None:
-        """The roll-up's loop over delivered partials and markers: what is queued is
-        handled as one run."""
-        while True:
-            messages = await self.partial_batches.get()
-            while not self.partial_batches.empty() and len(messages) < self.s.take_max:
-                messages = messages + self.partial_batches.get_nowait()
-            consumer = self.app.consumer
-            await _fail_stop(self.on_partials([_Delivered(m, consumer) for m in messages]))
+        """The roll-up's loop over delivered partials and markers."""
+        await self._runs(self.partial_batches, self.on_partials)
 
     async def run_inputs(self) -> None:
-        """The node stage's loop over delivered fetches: what is queued is handled as one
-        run (up to ``take_max`` messages), like the agent's ``take_events`` runs."""
+        """The node stage's loop over delivered fetches."""
+        await self._runs(self.batches, self.on_run)
+
+    async def _runs(self, queue: asyncio.Queue[list[Any]],
+                    handle: Callable[[list[Any]], Awaitable[None]]) -> None:
+        """Hand what is queued to ``handle`` as one run (up to ``take_max`` messages),
+        like the agent's ``take_events`` runs."""
         while True:
-            messages = await self.batches.get()
-            while not self.batches.empty() and len(messages) < self.s.take_max:
-                messages = messages + self.batches.get_nowait()
+            messages = await queue.get()
+            while not queue.empty() and len(messages) < self.s.take_max:
+                messages = messages + queue.get_nowait()
             consumer = self.app.consumer
-            await _fail_stop(self.on_run([_Delivered(m, consumer) for m in messages]))
+            await _fail_stop(handle([_Delivered(m, consumer) for m in messages]))
 
     async def on_inputs(self, events: list[Any]) -> None:
         """Account a run of input events from the agent's stream (``direct_delivery``
@@ -446,21 +440,15 @@ class Runtime:
                 await asyncio.sleep(0.05)
             now = time.monotonic()
             horizon = time.time() + self.windows.max_future_skew_s
-            owned = self._owned_partitions(self.s.telemetry_topic)
-            seen: dict[int, NodePartition] = {}
-            for event in events:
-                message = event.message
-                if self._stale(message):
-                    self.counters["stale"] += 1
-                    continue
-                partition = message.partition
-                if owned is not None and partition not in owned:
-                    continue  # revoked meanwhile: its new owner replays it
-                part = seen.get(partition)
-                if part is None:
-                    part = seen[partition] = self.node_part(partition)
-                part.take(message, event, now, horizon)
-            for partition, part in seen.items():
+            # Every message is taken before the first await (a rebalance meanwhile drops
+            # these states, and _current() then stops their steps and acks).
+            parts = []
+            for partition, taken in self._by_partition(events, self.s.telemetry_topic).items():
+                part = self.node_part(partition)
+                for event in taken:
+                    part.take(event.message, event, now, horizon)
+                parts.append((partition, part))
+            for partition, part in parts:
                 self._count(part)
                 await self._seek(part)
                 step = part.cut(now, await self._backlog(partition, part))
@@ -473,21 +461,13 @@ class Runtime:
         while self.app.rebalancing:  # state only after recovery: see on_run
             await asyncio.sleep(0.05)
         now = time.monotonic()
-        owned = self._owned_partitions(self.s.partials_topic)
-        seen: dict[int, RollupPartition] = {}
-        for event in events:
-            message = event.message
-            if self._stale(message):
-                self.counters["stale"] += 1
-                continue
-            partition = message.partition
-            if owned is not None and partition not in owned:
-                continue  # revoked meanwhile: its new owner replays it
-            part = seen.get(partition)
-            if part is None:
-                part = seen[partition] = self.rollup_part(partition)
-            part.take(message, event, now)
-        for part in seen.values():
+        parts = []
+        for partition, taken in self._by_partition(events, self.s.partials_topic).items():
+            part = self.rollup_part(partition)
+            for event in taken:
+                part.take(event.message, event, now)
+            parts.append(part)
+        for part in parts:  # all taken first: see on_run
             self._count(part)
             await self._seek(part)
             await self._submit(part, part.cut())
@@ -497,6 +477,26 @@ class Runtime:
         """One partial or marker from the roll-up agent's stream (``direct_delivery``
         off)."""
         await self.on_partials([event])
+
+    def _by_partition(self, events: list[Any], topic: str) -> dict[int, list[Any]]:
+        """A run's events per partition of ``topic``, in offset order, without those
+        fetched under an earlier consumer generation or of partitions revoked meanwhile
+        (their new owner replays them)."""
+        owned = self._owned_partitions(topic)
+        out: dict[int, list[Any]] = {}
+        for event in events:
+            message = event.message
+            if self._stale(message):
+                self.counters["stale"] += 1
+                continue
+            partition = message.partition
+            if owned is not None and partition not in owned:
+                continue
+            taken = out.get(partition)
+            if taken is None:
+                taken = out[partition] = []
+            taken.append(event)
+        return out
 
     def _owned_partitions(self, topic: str) -> set[int] | None:
         """Partitions of ``topic`` this worker owns now (None when unknown)."""
