@@ -107,7 +107,6 @@ class Step:
     progress: bytes | None = None
     snapshot: int = 0  # number of the snapshot in ``progress`` (0: none)
     closed_through: float = NEG_INF  # the stage's closed_through when cut
-    closed_windows: int = 0
     window_end: float | None = None  # end of the last window closed (metrics)
 
 
@@ -175,9 +174,6 @@ class _Partition:
         if step.snapshot:
             self.snapshots_done = step.snapshot
             self.durable_closed_through = step.closed_through
-
-    def pending_steps(self) -> int:
-        return self.steps_cut - self.steps_done
 
     # --- input order --------------------------------------------------------------
 
@@ -279,8 +275,7 @@ class _Partition:
             return None
         self.steps_cut += 1
         step = Step(self.kind, self.partition, self.steps_cut, sends=self._sends,
-                    records=self._records, closed_through=self.stage.progress.closed_through,
-                    closed_windows=len(self._closed))
+                    records=self._records, closed_through=self.stage.progress.closed_through)
         if self._closed:
             step.window_end = self._closed[-1].window_start + self.stage.size_s
         if self._marker:
