@@ -251,6 +251,9 @@ class InfluxWriter:
         # an http_proxy meant for the internet.
         self._local = threading.local()
         self._url, self._auth = self._endpoint()
+        u = urllib.parse.urlsplit(self._url)
+        self._split = u
+        self._target = f"{u.path}?{u.query}" if u.query else u.path
 
     def close(self) -> None:
         self._stop.set()
@@ -285,7 +288,7 @@ class InfluxWriter:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             return conn, True
-        u = urllib.parse.urlsplit(self._url)
+        u = self._split
         cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
         conn = cls(u.hostname or "localhost", u.port, timeout=self.settings.timeout_s)
         self._local.conn = conn
@@ -306,12 +309,10 @@ class InfluxWriter:
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         if self._auth:
             headers["Authorization"] = self._auth
-        u = urllib.parse.urlsplit(self._url)
-        target = f"{u.path}?{u.query}" if u.query else u.path
         while True:
             conn, reused = self._connection()
             try:
-                conn.request("POST", target, body, headers)
+                conn.request("POST", self._target, body, headers)
                 resp = conn.getresponse()
                 data = resp.read()
             except (OSError, http.client.HTTPException) as exc:
